@@ -1,0 +1,28 @@
+"""metax: meta-learning in JAX with pure functions.
+
+``import metax`` loads the functional core (nn, energy, data, module, learner) and never
+TensorFlow; the training loop (`metax.train`) imports its heavier dependencies when called.
+"""
+
+from metax import data, energy, learner, module, nn
+from metax.data import Dataset, MetaBatch, TaskSampler
+from metax.learner import Learner, MetaState
+from metax.module import MetaModel
+from metax.nn import Model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dataset",
+    "Learner",
+    "MetaBatch",
+    "MetaModel",
+    "MetaState",
+    "Model",
+    "TaskSampler",
+    "data",
+    "energy",
+    "learner",
+    "module",
+    "nn",
+]

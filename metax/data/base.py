@@ -1,0 +1,53 @@
+"""Task batches as plain data, and samplers that draw them on device from a PRNG key."""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from metax.types import Array, PRNGKey
+
+
+class Dataset(NamedTuple):
+    """Samples of one task, or of a batch of tasks with a leading task axis.
+
+    x: ``([tasks,] n, *input_shape)``; y: ``([tasks,] n, *target_shape)``;
+    info: dict of per-task arrays, e.g. ``{"task_id": ([tasks,])}``; may be empty.
+    """
+
+    x: Array
+    y: Array
+    info: dict
+
+
+class MetaBatch(NamedTuple):
+    """Support (``train``) and query (``test``) sets of one task or of a batch of tasks."""
+
+    train: Dataset
+    test: Dataset
+
+
+class TaskSampler(NamedTuple):
+    """``sample_task(rng) -> MetaBatch`` of a single task (no task axis); pure and jit-able."""
+
+    sample_task: Callable[[PRNGKey], MetaBatch]
+
+
+def sample_meta_batch(
+    sampler: TaskSampler, rng: PRNGKey, num_tasks: int, first_task: int | Array = 0
+) -> MetaBatch:
+    """Draws tasks ``first_task .. first_task + num_tasks - 1`` of the stream ``rng``.
+
+    Task ``i`` is drawn from ``fold_in(rng, i)``, so the global meta-batch is the same however
+    the task axis is later split over devices or hosts. Returns a MetaBatch with a leading
+    task axis of size ``num_tasks``.
+    """
+    task_ids = first_task + jnp.arange(num_tasks)
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(task_ids)
+    return jax.vmap(sampler.sample_task)(keys)
+
+
+def num_tasks(batch: MetaBatch) -> int:
+    """Size of the leading task axis of a batched MetaBatch."""
+    return batch.train.x.shape[0]

@@ -1,0 +1,80 @@
+"""The learner interface (outer loop) and its state, which is also the checkpoint."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metax.data.base import MetaBatch
+from metax.types import Array, Metrics, Params, PRNGKey, State
+
+
+class MetaState(NamedTuple):
+    """Everything a learner carries between meta-steps; checkpointing it resumes a run.
+
+    step: int32 scalar, number of meta-steps taken. meta_params: the meta-model's meta-learned
+    parameters. model_state: the meta-model's non-gradient state (e.g. BatchNorm statistics).
+    opt_state: the outer optimizer's state.
+    """
+
+    step: Array
+    meta_params: Params
+    model_state: State
+    opt_state: Any
+
+
+class Learner(NamedTuple):
+    """An outer loop as pure functions (jit them; all are free of Python side effects).
+
+    * ``init(rng, meta_batch) -> MetaState``: ``meta_batch`` (with task axis) gives shapes.
+    * ``meta_step(state, meta_batch, rng) -> (state, metrics)``: one outer update on a batch of
+      tasks; metrics is a flat dict of scalars (averages over the task axis).
+    * ``evaluate(state, meta_batch, rng, num_inner_steps) -> metrics``: adapts each task with
+      ``num_inner_steps`` (a static int) inner steps and returns per-task metrics of the query
+      set, each of shape ``(tasks,)``.
+    """
+
+    init: Callable[[PRNGKey, MetaBatch], MetaState]
+    meta_step: Callable[[MetaState, MetaBatch, PRNGKey], tuple[MetaState, Metrics]]
+    evaluate: Callable[..., Metrics]
+
+
+def prefix(metrics: Metrics, name: str) -> Metrics:
+    """``{"loss": x}`` -> ``{"name/loss": x}``."""
+    return {f"{name}/{key}": value for key, value in metrics.items()}
+
+
+def task_keys(rng: PRNGKey, num_tasks: int) -> Array:
+    """One key per task, ``fold_in(rng, i)``: independent of how tasks are split over devices."""
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_tasks))
+
+
+def apply_outer_update(
+    optimizer: optax.GradientTransformation, state: MetaState, meta_grads: Params
+) -> MetaState:
+    """Takes one outer-optimizer step on the meta-parameters and increments the step."""
+    updates, opt_state = optimizer.update(meta_grads, state.opt_state, state.meta_params)
+    return MetaState(
+        step=state.step + 1,
+        meta_params=optax.apply_updates(state.meta_params, updates),
+        model_state=state.model_state,
+        opt_state=opt_state,
+    )
+
+
+def init_meta_state(
+    meta_model_init: Callable,
+    optimizer: optax.GradientTransformation,
+    rng: PRNGKey,
+    meta_batch: MetaBatch,
+) -> MetaState:
+    """Initializes meta-parameters from one task's support inputs and the optimizer state."""
+    meta_params, model_state = meta_model_init(rng, meta_batch.train.x[0])
+    return MetaState(
+        step=jnp.zeros((), jnp.int32),
+        meta_params=meta_params,
+        model_state=model_state,
+        opt_state=optimizer.init(meta_params),
+    )

@@ -1,0 +1,127 @@
+"""MAML: backpropagation through the unrolled inner loop, second order or first order."""
+
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+
+from metax.data.base import MetaBatch, num_tasks
+from metax.learner.base import (
+    Learner,
+    MetaState,
+    apply_outer_update,
+    init_meta_state,
+    prefix,
+    task_keys,
+)
+from metax.learner.inner import adapt, scalar_mean, stop_gradient_through_adaptation
+from metax.module.base import MetaModel
+
+
+@gin.register(module="metax.learner")
+def maml(
+    meta_model: MetaModel,
+    inner_optimizer: optax.GradientTransformation = optax.sgd(0.01),
+    outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
+    num_inner_steps: int = 1,
+    first_order: bool = False,
+    inner_batch_size: int | None = None,
+) -> Learner:
+    """Model-agnostic meta-learning (Finn et al., 2017).
+
+    Per task: ``params_0, state = meta_model.reset(meta_params)``, then ``num_inner_steps`` steps
+    of ``inner_optimizer`` on the inner energy of the support set (full batch, or minibatches of
+    ``inner_batch_size``), then the outer energy on the query set. The meta-gradient is the
+    gradient of the outer energy, averaged over the task axis, through the whole inner loop
+    (``first_order=False``), or with the adaptation's Jacobian replaced by the identity
+    (``first_order=True``: d params_K / d params_0 = I, FOMAML). It is applied with
+    ``outer_optimizer``.
+
+    Metrics of ``meta_step`` (averages over tasks): ``outer/<metric>`` of the outer energy
+    (``loss``, ``accuracy`` for classification), ``inner/loss_before`` and ``inner/loss_after``
+    (inner energy on the support set before and after adaptation), ``inner/grad_norm`` (first
+    inner step), ``meta_grad_norm``.
+    """
+    if num_inner_steps < 0:
+        raise ValueError(f"maml num_inner_steps must be >= 0, got {num_inner_steps}.")
+
+    def adapt_task(meta_params, model_state, rng, task, num_steps, first_order):
+        k_reset, k_inner = jax.random.split(rng)
+        params_0, state_0 = meta_model.reset(k_reset, meta_params, model_state)
+        if first_order:
+            params, state, metrics = adapt(
+                meta_model,
+                inner_optimizer,
+                jax.lax.stop_gradient(meta_params),
+                jax.lax.stop_gradient(params_0),
+                state_0,
+                k_inner,
+                task.train,
+                num_steps,
+                inner_batch_size,
+            )
+            params = stop_gradient_through_adaptation(params_0, params)
+        else:
+            params, state, metrics = adapt(
+                meta_model,
+                inner_optimizer,
+                meta_params,
+                params_0,
+                state_0,
+                k_inner,
+                task.train,
+                num_steps,
+                inner_batch_size,
+            )
+        return params, state, metrics
+
+    def task_loss(meta_params, model_state, task, rng):
+        k_adapt, k_after, k_outer = jax.random.split(rng, 3)
+        params, state, inner_metrics = adapt_task(
+            meta_params, model_state, k_adapt, task, num_inner_steps, first_order
+        )
+        loss_after, _ = meta_model.inner_energy(
+            jax.lax.stop_gradient(meta_params),
+            jax.lax.stop_gradient(params),
+            state,
+            k_after,
+            task.train,
+        )
+        inner_metrics["loss_after"] = loss_after
+        loss, (_, outer_metrics) = meta_model.outer_energy(
+            meta_params, params, state, k_outer, task.test
+        )
+        return loss, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
+
+    def batch_loss(meta_params, model_state, meta_batch, rng):
+        keys = task_keys(rng, num_tasks(meta_batch))
+        losses, metrics = jax.vmap(task_loss, in_axes=(None, None, 0, 0))(
+            meta_params, model_state, meta_batch, keys
+        )
+        return jnp.mean(losses), metrics
+
+    def init(rng, meta_batch: MetaBatch) -> MetaState:
+        return init_meta_state(meta_model.init, outer_optimizer, rng, meta_batch)
+
+    def meta_step(state: MetaState, meta_batch: MetaBatch, rng):
+        (_, metrics), meta_grads = jax.value_and_grad(batch_loss, has_aux=True)(
+            state.meta_params, state.model_state, meta_batch, rng
+        )
+        metrics = scalar_mean(metrics)
+        metrics["meta_grad_norm"] = optax.global_norm(meta_grads)
+        return apply_outer_update(outer_optimizer, state, meta_grads), metrics
+
+    def evaluate(state: MetaState, meta_batch: MetaBatch, rng, num_inner_steps: int):
+        def one_task(task, key):
+            k_adapt, k_outer = jax.random.split(key)
+            params, model_state, _ = adapt_task(
+                state.meta_params, state.model_state, k_adapt, task, num_inner_steps, False
+            )
+            _, (_, metrics) = meta_model.outer_energy(
+                state.meta_params, params, model_state, k_outer, task.test
+            )
+            return metrics
+
+        return jax.vmap(one_task)(meta_batch, task_keys(rng, num_tasks(meta_batch)))
+
+    return Learner(init, meta_step, evaluate)

@@ -1,0 +1,246 @@
+"""Stateless neural network models as `(init, apply)` pairs of pure functions.
+
+A `Model` is a NamedTuple of two pure functions:
+
+* ``init(rng, sample_input) -> (params, state)``: eager and shape-driven; ``sample_input``
+  has a leading batch axis, e.g. ``(n, d)`` for an MLP or ``(n, h, w, c)`` for conv4.
+* ``apply(params, state, rng, inputs, *, is_training, **kwargs) -> (outputs, state)``.
+
+Params and state are dicts with named keys (``{"layer_0": {"w": ..., "b": ...}}``), so a
+meta-model can select parts of them by name. State holds non-trainable arrays (BatchNorm running
+statistics); it is ``{}`` for models without any.
+
+Initializers follow haiku's defaults, which the original metax used: linear weights are drawn
+from a normal truncated at two standard deviations with stddev ``1 / sqrt(fan_in)``; conv
+kernels from ``variance_scaling(1.0, "fan_in", "truncated_normal")``; biases are zero;
+BatchNorm scale is one and offset zero.
+
+Modulation (gain modulation, CML): ``mlp`` and ``conv4`` take optional ``gain`` and ``shift``
+dicts keyed by hidden-layer name. A hidden layer's pre-activation ``z`` (for conv4, the
+BatchNorm output) becomes ``gain * z + shift`` before the nonlinearity; shapes are the layer's
+width ``(h,)`` or channel count ``(c,)``. `modulation_shapes` lists them.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from metax.types import Array, Params, PRNGKey, State
+
+BATCH_NORM_DECAY = 0.9
+BATCH_NORM_EPS = 1e-5
+
+
+class Model(NamedTuple):
+    """A stateless model: ``init(rng, sample) -> (params, state)`` and
+    ``apply(params, state, rng, inputs, *, is_training, **kwargs) -> (outputs, state)``."""
+
+    init: Callable[[PRNGKey, Array], tuple[Params, State]]
+    apply: Callable[..., tuple[Array, State]]
+
+
+def _linear_init(rng: PRNGKey, fan_in: int, fan_out: int) -> dict[str, Array]:
+    stddev = 1.0 / jnp.sqrt(fan_in)
+    w = jax.random.truncated_normal(rng, -2.0, 2.0, (fan_in, fan_out)) * stddev
+    return {"w": w, "b": jnp.zeros((fan_out,))}
+
+
+def _modulate(z: Array, name: str, gain: dict | None, shift: dict | None) -> Array:
+    if gain is not None:
+        z = z * gain[name]
+    if shift is not None:
+        z = z + shift[name]
+    return z
+
+
+@gin.register(module="metax.nn")
+def linear(out_features: int) -> Model:
+    """Affine map ``(n, d) -> (n, out_features)``; params ``{"w": (d, out), "b": (out,)}``."""
+
+    def init(rng: PRNGKey, sample: Array) -> tuple[Params, State]:
+        return _linear_init(rng, sample.shape[-1], out_features), {}
+
+    def apply(params, state, rng, inputs, *, is_training: bool = True):
+        del rng, is_training
+        return inputs @ params["w"] + params["b"], state
+
+    return Model(init, apply)
+
+
+@gin.register(module="metax.nn")
+def mlp(
+    hidden_sizes: Sequence[int],
+    out_features: int,
+    activation: Callable[[Array], Array] = jax.nn.relu,
+) -> Model:
+    """Multi-layer perceptron ``(n, d) -> (n, out_features)``.
+
+    Params: ``{"layer_0": {"w", "b"}, ..., "layer_{L-1}": ..., "output": {"w", "b"}}`` with
+    ``L = len(hidden_sizes)``. ``apply`` accepts optional ``gain``/``shift`` dicts keyed by
+    ``"layer_i"`` with shape ``(hidden_sizes[i],)`` (see module docstring).
+    """
+    hidden_sizes = tuple(hidden_sizes)
+
+    def init(rng: PRNGKey, sample: Array) -> tuple[Params, State]:
+        sizes = (sample.shape[-1], *hidden_sizes, out_features)
+        names = [f"layer_{i}" for i in range(len(hidden_sizes))] + ["output"]
+        keys = jax.random.split(rng, len(names))
+        params = {
+            name: _linear_init(key, fan_in, fan_out)
+            for name, key, fan_in, fan_out in zip(names, keys, sizes[:-1], sizes[1:], strict=True)
+        }
+        return params, {}
+
+    def apply(params, state, rng, inputs, *, is_training=True, gain=None, shift=None):
+        del rng, is_training
+        h = inputs
+        for i in range(len(hidden_sizes)):
+            name = f"layer_{i}"
+            z = h @ params[name]["w"] + params[name]["b"]
+            h = activation(_modulate(z, name, gain, shift))
+        return h @ params["output"]["w"] + params["output"]["b"], state
+
+    return Model(init, apply)
+
+
+def _batch_norm(
+    params: Params, state: State, x: Array, *, use_batch_stats: bool
+) -> tuple[Array, State]:
+    """BatchNorm over all but the channel axis; returns normalized x and updated running stats."""
+    if use_batch_stats:
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x, axis=axes)
+        var = jnp.var(x, axis=axes)
+        state = {
+            "mean": BATCH_NORM_DECAY * state["mean"] + (1 - BATCH_NORM_DECAY) * mean,
+            "var": BATCH_NORM_DECAY * state["var"] + (1 - BATCH_NORM_DECAY) * var,
+        }
+    else:
+        mean, var = state["mean"], state["var"]
+    normalized = (x - mean) * jax.lax.rsqrt(var + BATCH_NORM_EPS)
+    return normalized * params["scale"] + params["offset"], state
+
+
+@gin.register(module="metax.nn")
+def conv4(num_channels: int = 64, num_blocks: int = 4, pooling: str = "max") -> Model:
+    """The convolutional feature extractor of the MAML paper: ``(n, h, w, c) -> (n, features)``.
+
+    Each block: 3x3 conv (SAME padding), BatchNorm, ReLU, then 2x2 max-pool (``pooling="max"``)
+    or a stride-2 convolution instead (``pooling="strided"``, the paper's Omniglot variant).
+    Output is flattened; add a head with ``sequential(body=conv4(), head=linear(ways))``.
+
+    Params: ``{"block_i": {"conv": {"w": (3, 3, c_in, c), "b": (c,)}, "bn": {"scale", "offset"}}}``.
+    State: ``{"block_i": {"mean": (c,), "var": (c,)}}`` running statistics.
+    ``apply(..., is_training=True)`` normalizes with batch statistics and updates the running
+    statistics; ``is_training=False`` normalizes with the running statistics. ``gain``/``shift``
+    dicts keyed by ``"block_i"`` with shape ``(num_channels,)`` modulate the BatchNorm output.
+    """
+    if pooling not in ("max", "strided"):
+        raise ValueError(f"conv4 pooling must be 'max' or 'strided', got {pooling!r}.")
+    kernel_init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    stride = 2 if pooling == "strided" else 1
+
+    def conv(p, x):
+        y = jax.lax.conv_general_dilated(
+            x, p["w"], (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return y + p["b"]
+
+    def init(rng: PRNGKey, sample: Array) -> tuple[Params, State]:
+        params, state = {}, {}
+        c_in = sample.shape[-1]
+        for i, key in enumerate(jax.random.split(rng, num_blocks)):
+            params[f"block_{i}"] = {
+                "conv": {
+                    "w": kernel_init(key, (3, 3, c_in, num_channels)),
+                    "b": jnp.zeros((num_channels,)),
+                },
+                "bn": {"scale": jnp.ones((num_channels,)), "offset": jnp.zeros((num_channels,))},
+            }
+            state[f"block_{i}"] = {
+                "mean": jnp.zeros((num_channels,)),
+                "var": jnp.ones((num_channels,)),
+            }
+            c_in = num_channels
+        return params, state
+
+    def apply(params, state, rng, inputs, *, is_training=True, gain=None, shift=None):
+        del rng
+        h, new_state = inputs, {}
+        for i in range(num_blocks):
+            name = f"block_{i}"
+            z = conv(params[name]["conv"], h)
+            z, new_state[name] = _batch_norm(
+                params[name]["bn"], state[name], z, use_batch_stats=is_training
+            )
+            h = jax.nn.relu(_modulate(z, name, gain, shift))
+            if pooling == "max":
+                h = jax.lax.reduce_window(
+                    h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+                )
+        return h.reshape(h.shape[0], -1), new_state
+
+    return Model(init, apply)
+
+
+@gin.register(module="metax.nn")
+def sequential(**layers: Model) -> Model:
+    """Composes models in the given order; params and state are dicts keyed by layer name.
+
+    ``apply`` takes optional per-layer keyword arguments as a dict keyed by layer name, e.g.
+    ``apply(p, s, rng, x, is_training=True, layer_kwargs={"body": {"gain": g}})``.
+    """
+    if not layers:
+        raise ValueError(
+            "sequential() needs at least one named layer, e.g. sequential(body=..., head=...)."
+        )
+
+    def init(rng: PRNGKey, sample: Array) -> tuple[Params, State]:
+        params, state = {}, {}
+        for (name, layer), key in zip(
+            layers.items(), jax.random.split(rng, len(layers)), strict=True
+        ):
+            params[name], state[name] = layer.init(key, sample)
+            out = jax.eval_shape(
+                lambda p, s, x, layer=layer: layer.apply(p, s, None, x, is_training=False)[0],
+                params[name],
+                state[name],
+                sample,
+            )
+            sample = jnp.zeros(out.shape, out.dtype)
+        return params, state
+
+    def apply(params, state, rng, inputs, *, is_training=True, layer_kwargs=None):
+        layer_kwargs = layer_kwargs or {}
+        h, new_state = inputs, {}
+        for (name, layer), key in zip(
+            layers.items(), jax.random.split(rng, len(layers)), strict=True
+        ):
+            h, new_state[name] = layer.apply(
+                params[name],
+                state[name],
+                key,
+                h,
+                is_training=is_training,
+                **layer_kwargs.get(name, {}),
+            )
+        return h, new_state
+
+    return Model(init, apply)
+
+
+def modulation_shapes(params: Params) -> dict[str, tuple[int, ...]]:
+    """Shapes of the ``gain``/``shift`` entries that ``mlp`` or ``conv4`` accept for ``params``.
+
+    Returns ``{"layer_i": (h_i,)}`` for an MLP or ``{"block_i": (c,)}`` for conv4.
+    """
+    shapes: dict[str, Any] = {}
+    for name, layer in params.items():
+        if name.startswith("layer_"):
+            shapes[name] = layer["b"].shape
+        elif name.startswith("block_"):
+            shapes[name] = layer["bn"]["offset"].shape
+    return shapes
