@@ -48,7 +48,7 @@ def adapt(
         (loss, (state, _)), grads = grad_fn(meta_params, params, state, key, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return (params, state, opt_state), (loss, optax.global_norm(grads))
+        return (params, state, opt_state), (loss, optax.tree.norm(grads))
 
     if num_steps == 0:
         loss, (_, _) = meta_model.inner_energy(meta_params, params, state, rng, data)

@@ -108,7 +108,7 @@ def maml(
             state.meta_params, state.model_state, meta_batch, rng
         )
         metrics = scalar_mean(metrics)
-        metrics["meta_grad_norm"] = optax.global_norm(meta_grads)
+        metrics["meta_grad_norm"] = optax.tree.norm(meta_grads)
         return apply_outer_update(outer_optimizer, state, meta_grads), metrics
 
     def evaluate(state: MetaState, meta_batch: MetaBatch, rng, num_inner_steps: int):

@@ -1,0 +1,1 @@
+"""Command-line entry points (absl apps): ``python -m launch.train``."""

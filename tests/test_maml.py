@@ -1,0 +1,214 @@
+"""MAML meta-gradients against exact references (float64), and learning on sinusoid."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from metax import data, energy, learner, module, nn
+from metax.data import Dataset, MetaBatch
+
+ALPHA = 0.1
+
+
+def meta_gradient(maml, state, batch):
+    """The meta-gradient a meta-step applies: with ``optax.scale(1.0)`` new - old = gradient."""
+    new_state, _ = maml.meta_step(state, batch, jax.random.key(0))
+    return jax.tree.map(lambda new, old: new - old, new_state.meta_params, state.meta_params)
+
+
+def tanh_mlp_problem(num_tasks=3):
+    model = nn.mlp([4, 4], 1, activation=jnp.tanh)
+    batch = data.sample_meta_batch(
+        data.sinusoid(num_train_shots=6, num_test_shots=5, amplitude_range=(0.5, 1.5)),
+        jax.random.key(3),
+        num_tasks,
+    )
+    batch = jax.tree.map(lambda a: a.astype(jnp.float64), batch)
+    return model, batch
+
+
+def reference_meta_loss(model, theta, batch, num_steps):
+    """MAML's objective written out independently: plain GD, mean over tasks of query MSE."""
+
+    def mse(params, x, y):
+        return jnp.mean((model.apply(params, {}, None, x)[0] - y) ** 2)
+
+    def task_loss(train_x, train_y, test_x, test_y):
+        params = theta
+        for _ in range(num_steps):
+            grads = jax.grad(mse)(params, train_x, train_y)
+            params = jax.tree.map(lambda p, g: p - ALPHA * g, params, grads)
+        return mse(params, test_x, test_y)
+
+    losses = jax.vmap(task_loss)(batch.train.x, batch.train.y, batch.test.x, batch.test.y)
+    return jnp.mean(losses)
+
+
+def central_differences(fn, flat, eps=1e-6):
+    basis = np.eye(flat.size)
+    return np.array([(fn(flat + eps * e) - fn(flat - eps * e)) / (2 * eps) for e in basis])
+
+
+@pytest.mark.parametrize("num_steps", [1, 3])
+def test_second_order_matches_finite_differences(x64, num_steps):
+    model, batch = tanh_mlp_problem()
+    maml = learner.maml(
+        module.learned_init(model), optax.sgd(ALPHA), optax.scale(1.0), num_inner_steps=num_steps
+    )
+    state = maml.init(jax.random.key(1), batch)
+    flat, unravel = ravel_pytree(state.meta_params["init"])
+    loss_fn = jax.jit(lambda v: reference_meta_loss(model, unravel(v), batch, num_steps))
+    expected = central_differences(loss_fn, flat)
+
+    second, _ = ravel_pytree(meta_gradient(maml, state, batch)["init"])
+    np.testing.assert_allclose(second, expected, rtol=1e-6, atol=1e-9)
+
+    # First order drops the Hessian terms: the same finite-difference check must reject it,
+    # which shows that the check above can fail.
+    fo = learner.maml(
+        module.learned_init(model),
+        optax.sgd(ALPHA),
+        optax.scale(1.0),
+        num_inner_steps=num_steps,
+        first_order=True,
+    )
+    first, _ = ravel_pytree(meta_gradient(fo, state, batch)["init"])
+    assert np.linalg.norm(first - expected) > 1e-3 * np.linalg.norm(expected)
+
+
+def linear_regression_batch(num_tasks=4, n_train=7, n_test=9, dim=3):
+    keys = jax.random.split(jax.random.key(7), 4)
+    x_train = jax.random.normal(keys[0], (num_tasks, n_train, dim), jnp.float64)
+    x_test = jax.random.normal(keys[1], (num_tasks, n_test, dim), jnp.float64)
+    w_true = jax.random.normal(keys[2], (num_tasks, dim, 1), jnp.float64)
+    y_train = x_train @ w_true + 0.1 * jax.random.normal(keys[3], (num_tasks, n_train, 1))
+    y_test = x_test @ w_true
+    return MetaBatch(Dataset(x_train, y_train, {}), Dataset(x_test, y_test, {}))
+
+
+def closed_form_maml_gradient(theta, batch, num_steps, first_order):
+    """For squared error on a linear model: phi_K = theta after K GD steps and
+    d phi_K / d theta = (I - alpha A)^K with A = (2/n) Z^T Z, Z = [x, 1]."""
+    grads = []
+    for t in range(batch.train.x.shape[0]):
+        z = np.concatenate([batch.train.x[t], np.ones((batch.train.x.shape[1], 1))], axis=1)
+        z_test = np.concatenate([batch.test.x[t], np.ones((batch.test.x.shape[1], 1))], axis=1)
+        y, y_test = np.asarray(batch.train.y[t]), np.asarray(batch.test.y[t])
+        A = 2.0 / len(z) * z.T @ z
+        phi = theta.copy()
+        for _ in range(num_steps):
+            phi = phi - ALPHA * (A @ phi - 2.0 / len(z) * z.T @ y)
+        outer_grad = 2.0 / len(z_test) * z_test.T @ (z_test @ phi - y_test)
+        jacobian = np.linalg.matrix_power(np.eye(len(theta)) - ALPHA * A, num_steps)
+        grads.append(outer_grad if first_order else jacobian.T @ outer_grad)
+    return np.mean(grads, axis=0)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("num_steps", [1, 5])
+def test_linear_regression_closed_form(x64, first_order, num_steps):
+    batch = linear_regression_batch()
+    maml = learner.maml(
+        module.learned_init(nn.linear(1)),
+        optax.sgd(ALPHA),
+        optax.scale(1.0),
+        num_inner_steps=num_steps,
+        first_order=first_order,
+    )
+    state = maml.init(jax.random.key(1), batch)
+    params = state.meta_params["init"]
+    theta = np.concatenate([np.asarray(params["w"]), np.asarray(params["b"])[:, None]])
+    expected = closed_form_maml_gradient(theta, batch, num_steps, first_order)
+    grads = meta_gradient(maml, state, batch)["init"]
+    actual = np.concatenate([np.asarray(grads["w"]), np.asarray(grads["b"])[:, None]])
+    np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_imaml_regularizer_enters_the_inner_loop(x64):
+    """The iMAML proximal term lam/2 ||phi - theta||^2 is part of the inner energy, and its
+    theta-dependence is differentiated too: finite differences of unrolled GD written out."""
+    batch = linear_regression_batch(num_tasks=2)
+    lam = 0.7
+    meta_model = module.learned_init(nn.linear(1), reg_strength=lam)
+    maml = learner.maml(meta_model, optax.sgd(ALPHA), optax.scale(1.0), num_inner_steps=2)
+    state = maml.init(jax.random.key(1), batch)
+    theta = state.meta_params["init"]
+
+    def meta_loss(theta):
+        def task_loss(task):
+            def inner(p):
+                data_loss, _ = energy.squared_error(task.train.x @ p["w"] + p["b"], task.train.y)
+                return data_loss + 0.5 * lam * sum(
+                    jnp.sum((a - b) ** 2)
+                    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(theta), strict=True)
+                )
+
+            p = theta
+            for _ in range(2):
+                p = jax.tree.map(lambda a, g: a - ALPHA * g, p, jax.grad(inner)(p))
+            return jnp.mean((task.test.x @ p["w"] + p["b"] - task.test.y) ** 2)
+
+        return jnp.mean(jax.vmap(task_loss)(batch))
+
+    flat, unravel = ravel_pytree(theta)
+    expected = central_differences(jax.jit(lambda v: meta_loss(unravel(v))), flat)
+    actual, _ = ravel_pytree(meta_gradient(maml, state, batch)["init"])
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_full_minibatch_equals_full_batch_and_smaller_differs(x64):
+    model, batch = tanh_mlp_problem()
+    state = None
+    grads = {}
+    for batch_size in (None, 6, 3):
+        maml = learner.maml(
+            module.learned_init(model),
+            optax.sgd(ALPHA),
+            optax.scale(1.0),
+            num_inner_steps=2,
+            inner_batch_size=batch_size,
+        )
+        state = state or maml.init(jax.random.key(1), batch)
+        grads[batch_size], _ = ravel_pytree(meta_gradient(maml, state, batch))
+    np.testing.assert_allclose(grads[6], grads[None], rtol=1e-10)
+    assert np.abs(grads[3] - grads[None]).max() > 1e-6
+
+
+def test_invalid_arguments_are_rejected():
+    meta_model = module.learned_init(nn.linear(1))
+    with pytest.raises(ValueError, match="num_inner_steps must be >= 0"):
+        learner.maml(meta_model, num_inner_steps=-1)
+    maml = learner.maml(meta_model, inner_batch_size=50)
+    batch = linear_regression_batch()
+    state = maml.init(jax.random.key(0), batch)
+    with pytest.raises(ValueError, match=r"inner batch_size must be in \[1, 7\]"):
+        maml.meta_step(state, batch, jax.random.key(1))
+
+
+def test_maml_learns_sinusoid():
+    """A short run lowers the post-adaptation query MSE of held-out tasks well below its
+    value at initialization (measured: about 4.2 -> 1.0 after 2,000 steps)."""
+    maml = learner.maml(module.learned_init(nn.mlp([40, 40], 1)), num_inner_steps=1)
+    sampler = data.sinusoid()
+    eval_batch = data.sample_meta_batch(sampler, jax.random.key(100), 200)
+    state = maml.init(jax.random.key(0), eval_batch)
+    evaluate = jax.jit(maml.evaluate, static_argnums=3)
+    before = float(jnp.mean(evaluate(state, eval_batch, jax.random.key(1), 5)["loss"]))
+
+    @jax.jit
+    def train_steps(state):
+        def body(state, _):
+            batch = data.sample_meta_batch(
+                sampler, jax.random.fold_in(jax.random.key(2), state.step), 25
+            )
+            return maml.meta_step(state, batch, jax.random.fold_in(jax.random.key(3), state.step))
+
+        return jax.lax.scan(body, state, length=2000)
+
+    state, metrics = train_steps(state)
+    after = float(jnp.mean(evaluate(state, eval_batch, jax.random.key(1), 5)["loss"]))
+    assert after < 0.4 * before, (before, after)
+    assert metrics["outer/loss"][-100:].mean() < metrics["outer/loss"][:100].mean()
