@@ -8,6 +8,8 @@ from metax.data.base import Dataset
 from metax.module.base import MetaModel
 from metax.types import Array, Metrics, Params, PRNGKey, State
 
+MAX_UNROLLED_STEPS = 16
+
 
 def minibatch(rng: PRNGKey, data: Dataset, batch_size: int) -> Dataset:
     """``batch_size`` samples of one task drawn without replacement; info is per task, kept."""
@@ -54,8 +56,11 @@ def adapt(
         loss, (_, _) = meta_model.inner_energy(meta_params, params, state, rng, data)
         return params, state, {"loss_before": loss, "grad_norm": jnp.zeros_like(loss)}
     carry = (params, state, optimizer.init(params))
+    # Short loops are unrolled: XLA then fuses across steps, and on CPU a while loop's
+    # per-iteration cost dominates small models (W1 benchmark: 0.70x -> 0.95x of hand-written).
+    unroll = num_steps <= MAX_UNROLLED_STEPS
     (params, state, _), (losses, grad_norms) = jax.lax.scan(
-        step, carry, jax.random.split(rng, num_steps)
+        step, carry, jax.random.split(rng, num_steps), unroll=unroll
     )
     return params, state, {"loss_before": losses[0], "grad_norm": grad_norms[0]}
 

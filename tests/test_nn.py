@@ -1,0 +1,81 @@
+"""Shapes and semantics of the stateless models."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metax import nn
+
+
+def test_mlp_shapes_and_named_params():
+    model = nn.mlp([40, 40], 1)
+    params, state = model.init(jax.random.key(0), jnp.zeros((10, 1)))
+    assert set(params) == {"layer_0", "layer_1", "output"}
+    assert params["layer_0"]["w"].shape == (1, 40) and params["output"]["w"].shape == (40, 1)
+    assert state == {}
+    out, _ = model.apply(params, state, None, jnp.ones((7, 1)), is_training=True)
+    assert out.shape == (7, 1)
+
+
+def test_linear_init_follows_haiku_default():
+    params, _ = nn.linear(200).init(jax.random.key(0), jnp.zeros((1, 400)))
+    w = np.asarray(params["w"])
+    # Truncated at 2 stddevs of 1/sqrt(fan_in): bounded, with std 0.88/sqrt(fan_in).
+    assert np.abs(w).max() <= 2 / np.sqrt(400) + 1e-6
+    np.testing.assert_allclose(w.std(), 0.8796 / np.sqrt(400), rtol=0.02)
+    np.testing.assert_array_equal(params["b"], 0.0)
+
+
+def test_mlp_gain_and_shift_modulate_hidden_preactivations():
+    model = nn.mlp([3], 2, activation=lambda z: z)  # linear activation: closed form
+    params, state = model.init(jax.random.key(0), jnp.zeros((1, 4)))
+    x = jax.random.normal(jax.random.key(1), (5, 4))
+    gain, shift = {"layer_0": jnp.array([2.0, 0.5, -1.0])}, {"layer_0": jnp.array([1.0, 0.0, 3.0])}
+    out, _ = model.apply(params, state, None, x, gain=gain, shift=shift)
+    hidden = (x @ params["layer_0"]["w"] + params["layer_0"]["b"]) * gain["layer_0"] + shift[
+        "layer_0"
+    ]
+    expected = hidden @ params["output"]["w"] + params["output"]["b"]
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    assert nn.modulation_shapes(params) == {"layer_0": (3,)}
+
+
+# 28 -> 14 -> 7 -> 3 -> 1 with VALID 2x2 max-pools; 28 -> 14 -> 7 -> 4 -> 2 with SAME strides.
+@pytest.mark.parametrize("pooling, side", [("max", 1), ("strided", 2)])
+def test_conv4_shapes_and_batch_norm_state(pooling, side):
+    model = nn.conv4(num_channels=8, pooling=pooling)
+    x = jax.random.normal(jax.random.key(0), (6, 28, 28, 1))
+    params, state = model.init(jax.random.key(1), x)
+    features, new_state = model.apply(params, state, None, x, is_training=True)
+    assert features.shape == (6, side * side * 8)
+    # Training mode updates the running statistics; evaluation mode reads them and keeps them.
+    assert not np.allclose(new_state["block_0"]["mean"], state["block_0"]["mean"])
+    _, eval_state = model.apply(params, new_state, None, x, is_training=False)
+    jax.tree.map(np.testing.assert_array_equal, eval_state, new_state)
+    assert nn.modulation_shapes(params) == {f"block_{i}": (8,) for i in range(4)}
+
+
+def test_conv4_normalizes_with_batch_statistics_in_training():
+    model = nn.conv4(num_channels=4, num_blocks=1)
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
+    params, state = model.init(jax.random.key(1), x)
+    gain = {"block_0": jnp.ones(4)}
+    shift = {"block_0": jnp.full(4, 100.0)}  # Lifts every unit above zero: ReLU is identity.
+    features, _ = model.apply(params, state, None, x, is_training=True, gain=gain, shift=shift)
+    # Max-pooling shifts the mean up, but without the batch statistics it would be far from 100.
+    assert 99.5 < float(jnp.mean(features)) < 101.5
+
+
+def test_sequential_composes_named_layers():
+    model = nn.sequential(body=nn.conv4(num_channels=4), head=nn.linear(5))
+    x = jnp.zeros((3, 28, 28, 1))
+    params, state = model.init(jax.random.key(0), x)
+    assert set(params) == {"body", "head"} and params["head"]["w"].shape == (4, 5)
+    logits, new_state = model.apply(params, state, jax.random.key(1), x, is_training=True)
+    assert logits.shape == (3, 5) and set(new_state) == {"body", "head"}
+
+
+def test_conv4_rejects_unknown_pooling():
+    with pytest.raises(ValueError, match="pooling must be 'max' or 'strided'"):
+        nn.conv4(pooling="avg")
