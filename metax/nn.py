@@ -75,8 +75,12 @@ def mlp(
     hidden_sizes: Sequence[int],
     out_features: int,
     activation: Callable[[Array], Array] = jax.nn.relu,
+    activate_final: bool = False,
 ) -> Model:
     """Multi-layer perceptron ``(n, d) -> (n, out_features)``.
+
+    ``activate_final=True`` applies the activation to the output too (a feature extractor,
+    e.g. the body of ANIL or gain modulation in front of a ``linear`` head).
 
     Params: ``{"layer_0": {"w", "b"}, ..., "layer_{L-1}": ..., "output": {"w", "b"}}`` with
     ``L = len(hidden_sizes)``. ``apply`` accepts optional ``gain``/``shift`` dicts keyed by
@@ -101,7 +105,8 @@ def mlp(
             name = f"layer_{i}"
             z = h @ params[name]["w"] + params[name]["b"]
             h = activation(_modulate(z, name, gain, shift))
-        return h @ params["output"]["w"] + params["output"]["b"], state
+        out = h @ params["output"]["w"] + params["output"]["b"]
+        return (activation(out) if activate_final else out), state
 
     return Model(init, apply)
 

@@ -5,18 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from gradcheck import central_differences, meta_gradient
 from jax.flatten_util import ravel_pytree
 
 from metax import data, energy, learner, module, nn
 from metax.data import Dataset, MetaBatch
 
 ALPHA = 0.1
-
-
-def meta_gradient(maml, state, batch):
-    """The meta-gradient a meta-step applies: with ``optax.scale(1.0)`` new - old = gradient."""
-    new_state, _ = maml.meta_step(state, batch, jax.random.key(0))
-    return jax.tree.map(lambda new, old: new - old, new_state.meta_params, state.meta_params)
 
 
 def tanh_mlp_problem(num_tasks=3):
@@ -45,11 +40,6 @@ def reference_meta_loss(model, theta, batch, num_steps):
 
     losses = jax.vmap(task_loss)(batch.train.x, batch.train.y, batch.test.x, batch.test.y)
     return jnp.mean(losses)
-
-
-def central_differences(fn, flat, eps=1e-6):
-    basis = np.eye(flat.size)
-    return np.array([(fn(flat + eps * e) - fn(flat - eps * e)) / (2 * eps) for e in basis])
 
 
 @pytest.mark.parametrize("num_steps", [1, 3])

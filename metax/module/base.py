@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from metax.data.base import Dataset
+from metax.energy import sum_energies
 from metax.types import Array, Metrics, Params, PRNGKey, State
 
 EnergyFn = Callable[[Params, Params, State, PRNGKey, Dataset], tuple[Array, tuple[State, Metrics]]]
@@ -30,3 +31,60 @@ class MetaModel(NamedTuple):
     apply: Callable[..., tuple[Array, State]]
     inner_energy: EnergyFn
     outer_energy: EnergyFn
+
+
+BATCH_NORM_MODES = ("transductive", "per_task")
+
+
+def check_batch_norm_mode(batch_norm: str) -> None:
+    if batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(
+            f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}: 'transductive' "
+            "normalizes support and query sets with their own batch statistics (MAML paper); "
+            "'per_task' keeps running statistics per task, reset from the meta-state, and "
+            "normalizes the query set with them."
+        )
+
+
+Regularizer = Callable[[Params, Params], tuple[Array, Metrics]]
+
+
+def make_energies(
+    apply: Callable[..., tuple[Array, State]],
+    loss_fn: Callable[[Array, Array], tuple[Array, Metrics]],
+    batch_norm: str,
+    regularizer: Regularizer | None = None,
+) -> tuple[EnergyFn, EnergyFn]:
+    """Builds ``(inner_energy, outer_energy)`` from a meta-model's ``apply`` and a loss.
+
+    Model state semantics (BatchNorm), chosen by ``batch_norm``:
+
+    * ``"transductive"``: the inner loop and the query set both run with ``is_training=True``,
+      so each is normalized with its own batch statistics (the MAML paper's choice).
+    * ``"per_task"``: the inner loop runs with ``is_training=True`` and updates the task's
+      running statistics (reset from the meta-state for each task); the query set is
+      normalized with those running statistics (``is_training=False``), so a query prediction
+      does not depend on the other query samples.
+
+    In both modes the task's state is discarded after the task: nothing flows back into the
+    meta-state, and tasks cannot see each other's statistics. ``regularizer(meta_params,
+    params)`` is added to the inner energy only.
+    """
+    check_batch_norm_mode(batch_norm)
+    outer_is_training = batch_norm == "transductive"
+
+    def data_energy(meta_params, params, state, rng, data, is_training):
+        predictions, state = apply(meta_params, params, state, rng, data.x, is_training=is_training)
+        loss, metrics = loss_fn(predictions, data.y)
+        return loss, (state, metrics)
+
+    def inner_energy(meta_params, params, state, rng, data):
+        loss, (state, metrics) = data_energy(meta_params, params, state, rng, data, True)
+        if regularizer is not None:
+            loss, metrics = sum_energies((loss, metrics), regularizer(meta_params, params))
+        return loss, (state, metrics)
+
+    def outer_energy(meta_params, params, state, rng, data):
+        return data_energy(meta_params, params, state, rng, data, outer_is_training)
+
+    return inner_energy, outer_energy

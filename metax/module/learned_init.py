@@ -4,7 +4,7 @@ import gin
 
 from metax import energy, nn
 from metax.energy import Energy
-from metax.module.base import MetaModel
+from metax.module.base import MetaModel, make_energies
 
 
 @gin.register(module="metax.module")
@@ -12,19 +12,16 @@ def learned_init(
     model: nn.Model,
     loss_fn: Energy = energy.squared_error,
     reg_strength: float | None = None,
+    batch_norm: str = "transductive",
 ) -> MetaModel:
     """MAML's meta-model (Finn et al., 2017), optionally with iMAML's proximal regularizer.
 
     * Meta-learned: ``meta_params = {"init": params_0}``, the model's initial parameters.
     * Task-specific: ``params``, all of the model's parameters, reset to ``params_0`` per task.
-    * Model state (e.g. BatchNorm running statistics) starts each task from ``meta_state``
-      and is discarded after the task; it never flows back into ``meta_state``.
     * Inner energy: ``loss_fn`` on the support set, plus
       ``reg_strength / 2 * ||params - params_0||^2`` when ``reg_strength`` is set (iMAML).
     * Outer energy: ``loss_fn`` on the query set.
-
-    Both phases run the model with ``is_training=True`` (BatchNorm uses the statistics of the
-    batch at hand, as in the MAML paper).
+    * Model state (BatchNorm statistics): see ``batch_norm`` in `make_energies`.
     """
     if reg_strength is not None and reg_strength < 0:
         raise ValueError(f"learned_init reg_strength must be >= 0 or None, got {reg_strength}.")
@@ -41,17 +38,10 @@ def learned_init(
         del meta_params
         return model.apply(params, state, rng, inputs, is_training=is_training)
 
-    def outer_energy(meta_params, params, state, rng, data):
-        predictions, state = apply(meta_params, params, state, rng, data.x, is_training=True)
-        loss, metrics = loss_fn(predictions, data.y)
-        return loss, (state, metrics)
+    def regularizer(meta_params, params):
+        return energy.l2_pull(params, meta_params["init"], reg_strength)
 
-    def inner_energy(meta_params, params, state, rng, data):
-        loss, (state, metrics) = outer_energy(meta_params, params, state, rng, data)
-        if reg_strength:
-            loss, metrics = energy.sum_energies(
-                (loss, metrics), energy.l2_pull(params, meta_params["init"], reg_strength)
-            )
-        return loss, (state, metrics)
-
+    inner_energy, outer_energy = make_energies(
+        apply, loss_fn, batch_norm, regularizer if reg_strength else None
+    )
     return MetaModel(init, reset, apply, inner_energy, outer_energy)
