@@ -71,7 +71,7 @@ def test_adaptation_changes_exactly_the_task_parameters(name):
         assert set(params_0) == task_keys
     lr = META_MODELS[name][1]
     params, _, _ = learner.adapt(
-        meta_model,
+        meta_model.inner_energy,
         optax.sgd(lr),
         state.meta_params,
         params_0,
@@ -191,7 +191,7 @@ def test_anil_adapted_head_matches_closed_form(x64):
     params_0, _ = meta_model.reset(None, meta_params, meta_state)
     alpha, steps = 0.3, 4
     params, _, _ = learner.adapt(
-        meta_model,
+        meta_model.inner_energy,
         optax.sgd(alpha),
         meta_params,
         params_0,
@@ -221,7 +221,7 @@ def test_cavia_adapted_context_matches_closed_form(x64):
     np.testing.assert_array_equal(params_0["context"], 0.0)
     alpha, steps = 0.2, 5
     params, _, _ = learner.adapt(
-        meta_model,
+        meta_model.inner_energy,
         optax.sgd(alpha),
         meta_params,
         params_0,
@@ -284,7 +284,7 @@ def test_query_predictions_depend_on_other_query_samples_only_when_transductive(
     task = jax.tree.map(lambda a: a[0], batch)
     params, model_state = meta_model.reset(None, state.meta_params, state.model_state)
     params, model_state, _ = learner.adapt(
-        meta_model,
+        meta_model.inner_energy,
         optax.sgd(0.1),
         state.meta_params,
         params,

@@ -78,3 +78,20 @@ def init_meta_state(
         model_state=model_state,
         opt_state=optimizer.init(meta_params),
     )
+
+
+def check_meta_params_enter(meta_model, where: str, learner_name: str, explanation: str) -> None:
+    """Raises a ValueError unless every meta-parameter enters ``where`` ("energy": the inner
+    energy, "reset": the task's initial parameters), per the meta-model's static facts."""
+    reset_keys, energy_keys = meta_model.reset_keys, meta_model.energy_keys
+    if reset_keys is None or energy_keys is None:
+        return  # A user-defined meta-model without the facts: nothing to check.
+    entering = energy_keys if where == "energy" else reset_keys
+    missing = sorted((reset_keys | energy_keys) - entering)
+    target = "inner energy" if where == "energy" else "task initialization"
+    if missing:
+        raise ValueError(
+            f"{learner_name} cannot meta-learn the meta-parameters {missing} of this meta-model: "
+            f"{explanation} Use maml (or evolution) for this meta-model, or a meta-model whose "
+            f"meta-parameters all enter the {target}."
+        )

@@ -1,11 +1,13 @@
 """The inner loop shared by all learners: adapt task parameters with an optax optimizer."""
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
 
-from metax.data.base import Dataset
-from metax.module.base import MetaModel
+from metax.data.base import Dataset, MetaBatch, num_tasks
+from metax.module.base import EnergyFn, MetaModel
 from metax.types import Array, Metrics, Params, PRNGKey, State
 
 MAX_UNROLLED_STEPS = 16
@@ -18,7 +20,7 @@ def minibatch(rng: PRNGKey, data: Dataset, batch_size: int) -> Dataset:
 
 
 def adapt(
-    meta_model: MetaModel,
+    energy_fn: EnergyFn,
     optimizer: optax.GradientTransformation,
     meta_params: Params,
     params: Params,
@@ -27,13 +29,18 @@ def adapt(
     data: Dataset,
     num_steps: int,
     batch_size: int | None = None,
+    accumulate_meta_grads: bool = False,
 ) -> tuple[Params, State, Metrics]:
-    """Runs ``num_steps`` inner optimizer steps on ``meta_model.inner_energy`` for one task.
+    """Runs ``num_steps`` steps of ``optimizer`` minimizing ``energy_fn`` over ``params``.
 
-    ``data`` is one task's support set (no task axis). With ``batch_size`` each step uses a
-    minibatch of that size; otherwise the full support set. Differentiable in ``meta_params``
+    ``energy_fn(meta_params, params, state, rng, data) -> (loss, (state, metrics))`` is usually
+    a meta-model's ``inner_energy`` and ``data`` one task's support set (no task axis). With
+    ``batch_size`` each step uses a minibatch of that size (``data`` must be a Dataset);
+    otherwise all of ``data``. Differentiable in ``meta_params``
     and ``params`` (second order). Returns the adapted params, the model state and metrics:
     ``loss_before`` (inner energy at the initial params) and ``grad_norm`` (of the first step).
+    With ``accumulate_meta_grads`` the metrics also hold ``meta_grads``: the partial gradients
+    of the energy w.r.t. ``meta_params`` summed over the steps (buffered Reptile).
     """
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
@@ -42,27 +49,38 @@ def adapt(
             f"inner batch_size must be in [1, {data.x.shape[0]}] (the support set size), "
             f"got {batch_size}."
         )
-    grad_fn = jax.value_and_grad(meta_model.inner_energy, argnums=1, has_aux=True)
+    argnums = (1, 0) if accumulate_meta_grads else 1
+    grad_fn = jax.value_and_grad(energy_fn, argnums=argnums, has_aux=True)
 
     def step(carry, key):
-        params, state, opt_state = carry
+        params, state, opt_state, meta_grads = carry
         batch = data if batch_size is None else minibatch(key, data, batch_size)
         (loss, (state, _)), grads = grad_fn(meta_params, params, state, key, batch)
+        if accumulate_meta_grads:
+            grads, partial = grads
+            meta_grads = jax.tree.map(jnp.add, meta_grads, partial)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return (params, state, opt_state), (loss, optax.tree.norm(grads))
+        return (params, state, opt_state, meta_grads), (loss, optax.tree.norm(grads))
 
+    meta_grads = jax.tree.map(jnp.zeros_like, meta_params) if accumulate_meta_grads else None
     if num_steps == 0:
-        loss, (_, _) = meta_model.inner_energy(meta_params, params, state, rng, data)
-        return params, state, {"loss_before": loss, "grad_norm": jnp.zeros_like(loss)}
-    carry = (params, state, optimizer.init(params))
+        loss, (_, _) = energy_fn(meta_params, params, state, rng, data)
+        metrics = {"loss_before": loss, "grad_norm": jnp.zeros_like(loss)}
+        if accumulate_meta_grads:
+            metrics["meta_grads"] = meta_grads
+        return params, state, metrics
+    carry = (params, state, optimizer.init(params), meta_grads)
     # Short loops are unrolled: XLA then fuses across steps, and on CPU a while loop's
     # per-iteration cost dominates small models (W1 benchmark: 0.70x -> 0.95x of hand-written).
     unroll = num_steps <= MAX_UNROLLED_STEPS
-    (params, state, _), (losses, grad_norms) = jax.lax.scan(
+    (params, state, _, meta_grads), (losses, grad_norms) = jax.lax.scan(
         step, carry, jax.random.split(rng, num_steps), unroll=unroll
     )
-    return params, state, {"loss_before": losses[0], "grad_norm": grad_norms[0]}
+    metrics = {"loss_before": losses[0], "grad_norm": grad_norms[0]}
+    if accumulate_meta_grads:
+        metrics["meta_grads"] = meta_grads
+    return params, state, metrics
 
 
 def stop_gradient_through_adaptation(initial: Params, adapted: Params) -> Params:
@@ -73,3 +91,81 @@ def stop_gradient_through_adaptation(initial: Params, adapted: Params) -> Params
 def scalar_mean(metrics: Metrics) -> dict[str, Array]:
     """Averages per-task metrics over the task axis."""
     return {key: jnp.mean(value) for key, value in metrics.items()}
+
+
+def adapt_task(
+    meta_model: MetaModel,
+    optimizer: optax.GradientTransformation,
+    meta_params: Params,
+    model_state: State,
+    rng: PRNGKey,
+    data: Dataset,
+    num_steps: int,
+    batch_size: int | None = None,
+    accumulate_meta_grads: bool = False,
+    first_order: bool = False,
+) -> tuple[Params, Params, State, Metrics]:
+    """Resets a task from the meta-parameters and adapts it on ``data`` (its inner energy).
+
+    Returns ``(params_0, params, state, metrics)``: the initial and adapted task parameters,
+    the task's model state after adaptation, and `adapt`'s metrics plus ``loss_after`` (the
+    inner energy at the adapted parameters, not differentiated). With ``first_order`` the
+    adaptation is not differentiated: ``params`` carries the derivative of ``params_0``
+    (d params / d params_0 = I), as first-order MAML needs.
+    """
+    k_reset, k_inner, k_after = jax.random.split(rng, 3)
+    params_0, state = meta_model.reset(k_reset, meta_params, model_state)
+    if first_order:
+        inner_meta_params, start = jax.lax.stop_gradient((meta_params, params_0))
+    else:
+        inner_meta_params, start = meta_params, params_0
+    params, state, metrics = adapt(
+        meta_model.inner_energy,
+        optimizer,
+        inner_meta_params,
+        start,
+        state,
+        k_inner,
+        data,
+        num_steps,
+        batch_size,
+        accumulate_meta_grads,
+    )
+    if first_order:
+        params = stop_gradient_through_adaptation(params_0, params)
+    metrics["loss_after"], _ = meta_model.inner_energy(
+        jax.lax.stop_gradient(meta_params), jax.lax.stop_gradient(params), state, k_after, data
+    )
+    return params_0, params, state, metrics
+
+
+def make_evaluate(
+    meta_model: MetaModel,
+    optimizer: optax.GradientTransformation,
+    batch_size: int | None = None,
+) -> Callable[..., Metrics]:
+    """The ``evaluate`` of a gradient learner: adapt each task on its support set with
+    ``num_inner_steps`` steps, return the outer energy's metrics of its query set per task."""
+
+    def evaluate(state, meta_batch: MetaBatch, rng: PRNGKey, num_inner_steps: int) -> Metrics:
+        def one_task(task, key):
+            k_adapt, k_outer = jax.random.split(key)
+            _, params, model_state, _ = adapt_task(
+                meta_model,
+                optimizer,
+                state.meta_params,
+                state.model_state,
+                k_adapt,
+                task.train,
+                num_inner_steps,
+                batch_size,
+            )
+            _, (_, metrics) = meta_model.outer_energy(
+                state.meta_params, params, model_state, k_outer, task.test
+            )
+            return metrics
+
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_tasks(meta_batch)))
+        return jax.vmap(one_task)(meta_batch, keys)
+
+    return evaluate

@@ -14,7 +14,7 @@ from metax.learner.base import (
     prefix,
     task_keys,
 )
-from metax.learner.inner import adapt, scalar_mean, stop_gradient_through_adaptation
+from metax.learner.inner import adapt_task, make_evaluate, scalar_mean
 from metax.module.base import MetaModel
 
 
@@ -27,7 +27,7 @@ def maml(
     first_order: bool = False,
     inner_batch_size: int | None = None,
 ) -> Learner:
-    """Model-agnostic meta-learning (Finn et al., 2017).
+    """Model-agnostic meta-learning (Finn et al., 2017); works with every meta-model.
 
     Per task: ``params_0, state = meta_model.reset(meta_params)``, then ``num_inner_steps`` steps
     of ``inner_optimizer`` on the inner energy of the support set (full batch, or minibatches of
@@ -45,49 +45,19 @@ def maml(
     if num_inner_steps < 0:
         raise ValueError(f"maml num_inner_steps must be >= 0, got {num_inner_steps}.")
 
-    def adapt_task(meta_params, model_state, rng, task, num_steps, first_order):
-        k_reset, k_inner = jax.random.split(rng)
-        params_0, state_0 = meta_model.reset(k_reset, meta_params, model_state)
-        if first_order:
-            params, state, metrics = adapt(
-                meta_model,
-                inner_optimizer,
-                jax.lax.stop_gradient(meta_params),
-                jax.lax.stop_gradient(params_0),
-                state_0,
-                k_inner,
-                task.train,
-                num_steps,
-                inner_batch_size,
-            )
-            params = stop_gradient_through_adaptation(params_0, params)
-        else:
-            params, state, metrics = adapt(
-                meta_model,
-                inner_optimizer,
-                meta_params,
-                params_0,
-                state_0,
-                k_inner,
-                task.train,
-                num_steps,
-                inner_batch_size,
-            )
-        return params, state, metrics
-
     def task_loss(meta_params, model_state, task, rng):
-        k_adapt, k_after, k_outer = jax.random.split(rng, 3)
-        params, state, inner_metrics = adapt_task(
-            meta_params, model_state, k_adapt, task, num_inner_steps, first_order
-        )
-        loss_after, _ = meta_model.inner_energy(
-            jax.lax.stop_gradient(meta_params),
-            jax.lax.stop_gradient(params),
-            state,
-            k_after,
+        k_adapt, k_outer = jax.random.split(rng)
+        _, params, state, inner_metrics = adapt_task(
+            meta_model,
+            inner_optimizer,
+            meta_params,
+            model_state,
+            k_adapt,
             task.train,
+            num_inner_steps,
+            inner_batch_size,
+            first_order=first_order,
         )
-        inner_metrics["loss_after"] = loss_after
         loss, (_, outer_metrics) = meta_model.outer_energy(
             meta_params, params, state, k_outer, task.test
         )
@@ -111,17 +81,4 @@ def maml(
         metrics["meta_grad_norm"] = optax.tree.norm(meta_grads)
         return apply_outer_update(outer_optimizer, state, meta_grads), metrics
 
-    def evaluate(state: MetaState, meta_batch: MetaBatch, rng, num_inner_steps: int):
-        def one_task(task, key):
-            k_adapt, k_outer = jax.random.split(key)
-            params, model_state, _ = adapt_task(
-                state.meta_params, state.model_state, k_adapt, task, num_inner_steps, False
-            )
-            _, (_, metrics) = meta_model.outer_energy(
-                state.meta_params, params, model_state, k_outer, task.test
-            )
-            return metrics
-
-        return jax.vmap(one_task)(meta_batch, task_keys(rng, num_tasks(meta_batch)))
-
-    return Learner(init, meta_step, evaluate)
+    return Learner(init, meta_step, make_evaluate(meta_model, inner_optimizer, inner_batch_size))

@@ -56,4 +56,12 @@ def anil(
         return outputs, {"body": body_state, "head": head_state}
 
     inner_energy, outer_energy = make_energies(apply, loss_fn, batch_norm)
-    return MetaModel(init, reset, apply, inner_energy, outer_energy)
+    return MetaModel(
+        init,
+        reset,
+        apply,
+        inner_energy,
+        outer_energy,
+        reset_keys=frozenset({"head_init"}),
+        energy_keys=frozenset({"body"}),
+    )

@@ -24,6 +24,10 @@ class MetaModel(NamedTuple):
       minimized over ``params`` on the support set (loss plus any regularizer).
     * ``outer_energy(meta_params, params, state, rng, data) -> (loss, (state, metrics))``:
       evaluated on the query set after adaptation; the meta-objective.
+
+    Two static facts let learners check compatibility when they are built (``None``: unknown,
+    not checked): ``reset_keys``, the top-level keys of ``meta_params`` that set the task's
+    initial parameters, and ``energy_keys``, those the inner energy depends on directly.
     """
 
     init: Callable[[PRNGKey, Array], tuple[Params, State]]
@@ -31,6 +35,8 @@ class MetaModel(NamedTuple):
     apply: Callable[..., tuple[Array, State]]
     inner_energy: EnergyFn
     outer_energy: EnergyFn
+    reset_keys: frozenset[str] | None = None
+    energy_keys: frozenset[str] | None = None
 
 
 BATCH_NORM_MODES = ("transductive", "per_task")

@@ -59,4 +59,12 @@ def complex_synapse(
         return energy.complex_synapse(params, meta_params["omega"], meta_params["log_lambda"])
 
     inner_energy, outer_energy = make_energies(apply, loss_fn, batch_norm, regularizer)
-    return MetaModel(init, reset, apply, inner_energy, outer_energy)
+    return MetaModel(
+        init,
+        reset,
+        apply,
+        inner_energy,
+        outer_energy,
+        reset_keys=frozenset({"omega"}),
+        energy_keys=frozenset({"omega"} if l2_fixed else {"omega", "log_lambda"}),
+    )

@@ -93,4 +93,14 @@ def gain_mod(
     inner_energy, outer_energy = make_energies(
         apply, loss_fn, batch_norm, regularizer if reg_strength else None
     )
-    return MetaModel(init, reset, apply, inner_energy, outer_energy)
+    init_keys = {"gain_init", "shift_init"} | ({"head_init"} if adapt_head else set())
+    energy_keys = {"body"} | (set() if adapt_head else {"head"})
+    return MetaModel(
+        init,
+        reset,
+        apply,
+        inner_energy,
+        outer_energy,
+        reset_keys=frozenset(init_keys),
+        energy_keys=frozenset(energy_keys | (init_keys if reg_strength else set())),
+    )

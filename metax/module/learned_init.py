@@ -44,4 +44,12 @@ def learned_init(
     inner_energy, outer_energy = make_energies(
         apply, loss_fn, batch_norm, regularizer if reg_strength else None
     )
-    return MetaModel(init, reset, apply, inner_energy, outer_energy)
+    return MetaModel(
+        init,
+        reset,
+        apply,
+        inner_energy,
+        outer_energy,
+        reset_keys=frozenset({"init"}),
+        energy_keys=frozenset({"init"} if reg_strength else ()),
+    )
