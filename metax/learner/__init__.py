@@ -1,7 +1,32 @@
 """Learners (outer loops): factories returning a `Learner` of pure functions."""
 
 from metax.learner.base import Learner, MetaState
-from metax.learner.inner import adapt
+from metax.learner.eqprop import eqprop
+from metax.learner.evolution import evolution
+from metax.learner.implicit import (
+    InverseHvp,
+    conjugate_gradient,
+    implicit,
+    recurrent_backprop,
+    t1t2,
+)
+from metax.learner.inner import adapt, adapt_task
 from metax.learner.maml import maml
+from metax.learner.reptile import buffered_reptile, reptile
 
-__all__ = ["Learner", "MetaState", "adapt", "maml"]
+__all__ = [
+    "InverseHvp",
+    "Learner",
+    "MetaState",
+    "adapt",
+    "adapt_task",
+    "buffered_reptile",
+    "conjugate_gradient",
+    "eqprop",
+    "evolution",
+    "implicit",
+    "maml",
+    "recurrent_backprop",
+    "reptile",
+    "t1t2",
+]

@@ -95,3 +95,26 @@ def check_meta_params_enter(meta_model, where: str, learner_name: str, explanati
             f"{explanation} Use maml (or evolution) for this meta-model, or a meta-model whose "
             f"meta-parameters all enter the {target}."
         )
+
+
+def averaged_meta_step(
+    task_meta_grad: Callable, outer_optimizer: optax.GradientTransformation
+) -> Callable[[MetaState, MetaBatch, PRNGKey], tuple[MetaState, Metrics]]:
+    """A meta-step from a per-task meta-gradient estimator.
+
+    ``task_meta_grad(meta_params, model_state, task, rng) -> (meta_grads, metrics)`` is
+    vmapped over the task axis; gradients and metrics are averaged over tasks (under sharding
+    the mean is an all-reduce), and ``outer_optimizer`` applies the mean gradient.
+    """
+
+    def meta_step(state: MetaState, meta_batch: MetaBatch, rng: PRNGKey):
+        keys = task_keys(rng, meta_batch.train.x.shape[0])
+        meta_grads, metrics = jax.vmap(task_meta_grad, in_axes=(None, None, 0, 0))(
+            state.meta_params, state.model_state, meta_batch, keys
+        )
+        meta_grads = jax.tree.map(lambda g: g.mean(0), meta_grads)
+        metrics = {key: jnp.mean(value) for key, value in metrics.items()}
+        metrics["meta_grad_norm"] = optax.tree.norm(meta_grads)
+        return apply_outer_update(outer_optimizer, state, meta_grads), metrics
+
+    return meta_step

@@ -1,0 +1,111 @@
+"""Evolution strategies from evosax searching the meta-parameters (no meta-gradient)."""
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from evosax import algorithms
+
+from metax.data.base import MetaBatch
+from metax.learner.base import Learner, MetaState, task_keys
+from metax.learner.inner import adapt_task, make_evaluate
+from metax.module.base import MetaModel
+
+
+@gin.register(module="metax.learner")
+def evolution(
+    meta_model: MetaModel,
+    strategy: str = "Open_ES",
+    population_size: int = 16,
+    inner_optimizer: optax.GradientTransformation = optax.sgd(0.01),
+    num_inner_steps: int = 1,
+    inner_batch_size: int | None = None,
+    strategy_kwargs: dict | None = None,
+    strategy_params: dict | None = None,
+) -> Learner:
+    """An evosax strategy (by its class name in ``evosax.algorithms``: ``"Open_ES"``,
+    ``"CMA_ES"``, ``"SNES"``, ...) searching the meta-parameters; works with every meta-model.
+
+    The fitness of a population member is the outer energy after adaptation, averaged over the
+    meta-batch (minimized). Members and tasks are both vmapped; the task axis is the sharded
+    one. ``strategy_kwargs`` go to the strategy's constructor (e.g. ``optimizer``,
+    ``std_schedule`` for Open_ES); ``strategy_params`` replace fields of its
+    ``default_params`` (e.g. ``{"std_init": 0.1}`` for CMA_ES). The `MetaState` holds the
+    strategy's mean as ``meta_params`` and its state as ``opt_state``.
+
+    Metrics: ``outer/loss`` (mean fitness of the population), ``fitness_best``,
+    ``inner/loss_before`` and ``inner/loss_after`` (averaged over members and tasks).
+    """
+    if not hasattr(algorithms, strategy):
+        names = sorted(n for n in dir(algorithms) if n[0].isupper())
+        raise ValueError(f"evolution strategy {strategy!r} is not in evosax.algorithms: {names}.")
+    if population_size < 2:
+        raise ValueError(f"evolution population_size must be >= 2, got {population_size}.")
+    strategy_cls = getattr(algorithms, strategy)
+    strategy_kwargs = dict(strategy_kwargs or {})
+
+    def make_strategy(meta_params):
+        # The template only gives the structure and shapes; concrete zeros keep it static.
+        template = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), meta_params)
+        es = strategy_cls(population_size=population_size, solution=template, **strategy_kwargs)
+        params = es.default_params
+        if strategy_params:
+            params = params.replace(**{k: jnp.asarray(v) for k, v in strategy_params.items()})
+        return es, params
+
+    def task_fitness(meta_params, model_state, task, rng):
+        k_adapt, k_outer = jax.random.split(rng)
+        _, params, state, inner_metrics = adapt_task(
+            meta_model,
+            inner_optimizer,
+            meta_params,
+            model_state,
+            k_adapt,
+            task.train,
+            num_inner_steps,
+            inner_batch_size,
+        )
+        loss, _ = meta_model.outer_energy(meta_params, params, state, k_outer, task.test)
+        return loss, inner_metrics
+
+    def member_fitness(meta_params, model_state, meta_batch, keys):
+        losses, inner_metrics = jax.vmap(task_fitness, in_axes=(None, None, 0, 0))(
+            meta_params, model_state, meta_batch, keys
+        )
+        return jnp.mean(losses), jax.tree.map(jnp.mean, inner_metrics)
+
+    def init(rng, meta_batch: MetaBatch) -> MetaState:
+        k_model, k_es = jax.random.split(rng)
+        meta_params, model_state = meta_model.init(k_model, meta_batch.train.x[0])
+        es, params = make_strategy(meta_params)
+        return MetaState(
+            step=jnp.zeros((), jnp.int32),
+            meta_params=meta_params,
+            model_state=model_state,
+            opt_state=es.init(k_es, meta_params, params),
+        )
+
+    def meta_step(state: MetaState, meta_batch: MetaBatch, rng):
+        es, params = make_strategy(state.meta_params)
+        k_ask, k_tell, k_tasks = jax.random.split(rng, 3)
+        population, es_state = es.ask(k_ask, state.opt_state, params)
+        keys = task_keys(k_tasks, meta_batch.train.x.shape[0])  # Common random numbers.
+        fitness, inner_metrics = jax.vmap(member_fitness, in_axes=(0, None, None, None))(
+            population, state.model_state, meta_batch, keys
+        )
+        es_state, _ = es.tell(k_tell, population, fitness, es_state, params)
+        metrics = {
+            "outer/loss": jnp.mean(fitness),
+            "fitness_best": jnp.min(fitness),
+            **{f"inner/{k}": jnp.mean(v) for k, v in inner_metrics.items() if k != "grad_norm"},
+        }
+        new_state = MetaState(
+            step=state.step + 1,
+            meta_params=es.get_mean(es_state),
+            model_state=state.model_state,
+            opt_state=es_state,
+        )
+        return new_state, metrics
+
+    return Learner(init, meta_step, make_evaluate(meta_model, inner_optimizer, inner_batch_size))

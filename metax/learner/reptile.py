@@ -1,0 +1,152 @@
+"""Reptile and buffered Reptile: first-order learners that need no backward pass through the
+inner loop."""
+
+import gin
+import jax
+import optax
+
+from metax.data.base import Dataset, MetaBatch
+from metax.learner.base import (
+    Learner,
+    MetaState,
+    averaged_meta_step,
+    check_meta_params_enter,
+    init_meta_state,
+    prefix,
+)
+from metax.learner.inner import adapt_task, make_evaluate
+from metax.module.base import MetaModel
+
+
+def support_and_query(task: MetaBatch) -> Dataset:
+    """One task's support and query sets as one Dataset (Reptile adapts on both)."""
+    return Dataset(
+        x=jax.numpy.concatenate([task.train.x, task.test.x]),
+        y=jax.numpy.concatenate([task.train.y, task.test.y]),
+        info=task.train.info,
+    )
+
+
+def _reptile_learner(
+    meta_model, inner_optimizer, outer_optimizer, num_inner_steps, inner_batch_size, task_meta_grad
+):
+    def task_step(meta_params, model_state, task, rng):
+        k_adapt, k_outer = jax.random.split(rng)
+        meta_grads, params, state, inner_metrics = task_meta_grad(
+            meta_params, model_state, k_adapt, support_and_query(task)
+        )
+        _, (_, outer_metrics) = meta_model.outer_energy(
+            meta_params, params, state, k_outer, task.test
+        )
+        return meta_grads, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
+
+    def init(rng, meta_batch: MetaBatch) -> MetaState:
+        return init_meta_state(meta_model.init, outer_optimizer, rng, meta_batch)
+
+    return Learner(
+        init,
+        averaged_meta_step(task_step, outer_optimizer),
+        make_evaluate(meta_model, inner_optimizer, inner_batch_size),
+    )
+
+
+@gin.register(module="metax.learner")
+def reptile(
+    meta_model: MetaModel,
+    inner_optimizer: optax.GradientTransformation = optax.sgd(0.01),
+    outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
+    num_inner_steps: int = 5,
+    inner_batch_size: int | None = None,
+) -> Learner:
+    """Reptile (Nichol et al., 2018): adapt on support + query, move the meta-parameters
+    towards the adapted parameters.
+
+    The meta-gradient ``J^T (params_0 - params_K)`` (``J = d params_0 / d meta_params``, the
+    reset's Jacobian) is ``theta - phi_K`` for a learned initialization; it is averaged over
+    tasks and fed to ``outer_optimizer`` (``optax.sgd(eps)`` is the paper's
+    ``theta += eps (phi - theta)``). Every meta-parameter must be a task initialization (the
+    meta-model's ``reset_keys``): Reptile's update carries no information about others.
+    """
+    check_meta_params_enter(
+        meta_model,
+        "reset",
+        "reptile",
+        "Reptile's meta-gradient theta - phi_K only exists for meta-parameters that mirror task "
+        "parameters (a learned initialization); the others would get no update at all.",
+    )
+
+    def task_meta_grad(meta_params, model_state, rng, data):
+        k_reset = jax.random.split(rng, 3)[0]  # The key adapt_task resets with.
+        params_0, params, state, metrics = adapt_task(
+            meta_model,
+            inner_optimizer,
+            jax.lax.stop_gradient(meta_params),
+            model_state,
+            rng,
+            data,
+            num_inner_steps,
+            inner_batch_size,
+        )
+        _, reset_vjp = jax.vjp(
+            lambda mp: meta_model.reset(k_reset, mp, model_state)[0], meta_params
+        )
+        (meta_grads,) = reset_vjp(jax.tree.map(jax.numpy.subtract, params_0, params))
+        return meta_grads, params, state, metrics
+
+    return _reptile_learner(
+        meta_model,
+        inner_optimizer,
+        outer_optimizer,
+        num_inner_steps,
+        inner_batch_size,
+        task_meta_grad,
+    )
+
+
+@gin.register(module="metax.learner")
+def buffered_reptile(
+    meta_model: MetaModel,
+    inner_optimizer: optax.GradientTransformation = optax.sgd(0.01),
+    outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
+    num_inner_steps: int = 5,
+    inner_batch_size: int | None = None,
+) -> Learner:
+    """Buffered Reptile (original metax): adapt on support + query and accumulate the partial
+    gradient of the inner energy w.r.t. the meta-parameters at every inner step.
+
+    The meta-gradient ``sum_k d/d theta E_in(theta, phi_k)`` (partial derivative, ``phi_k``
+    held fixed) is averaged over tasks and fed to ``outer_optimizer``: meta-parameters and task
+    parameters descend the same energy along the trajectory, with no backward pass through
+    it. Every meta-parameter must enter the inner energy (the meta-model's ``energy_keys``).
+    """
+    check_meta_params_enter(
+        meta_model,
+        "energy",
+        "buffered_reptile",
+        "buffered Reptile accumulates the partial derivatives of the inner energy w.r.t. the "
+        "meta-parameters; those that only set the starting point (without a regularizer "
+        "pulling towards them) have a zero partial derivative.",
+    )
+
+    def task_meta_grad(meta_params, model_state, rng, data):
+        _, params, state, metrics = adapt_task(
+            meta_model,
+            inner_optimizer,
+            meta_params,
+            model_state,
+            rng,
+            data,
+            num_inner_steps,
+            inner_batch_size,
+            accumulate_meta_grads=True,
+        )
+        return metrics.pop("meta_grads"), params, state, metrics
+
+    return _reptile_learner(
+        meta_model,
+        inner_optimizer,
+        outer_optimizer,
+        num_inner_steps,
+        inner_batch_size,
+        task_meta_grad,
+    )
