@@ -13,5 +13,5 @@ def test_python_example_runs():
     assert "range(1000)" in code
     namespace = {}
     exec(code.replace("range(1000)", "range(5)"), namespace)
-    assert namespace["per_task"]["loss"].shape == (25,)
+    assert namespace["per_task"]["loss"].shape == (32,)
     assert int(namespace["state"].step) == 5
