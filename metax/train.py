@@ -42,6 +42,50 @@ def mean_and_ci95(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(CI95_Z * values.std(ddof=1) / np.sqrt(values.size))
 
 
+def fetch(tree):
+    """Copies replicated device arrays to host numpy arrays. Works with several processes,
+    where a replicated array is not fully addressable by any one of them (device_get fails)."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
+def make_train_step(learner: Learner, sampler: TaskSampler, meta_batch_size: int, mesh, seed: int):
+    """The compiled ``init() -> state`` and ``train_step(state) -> (state, metrics)`` of a run.
+
+    The meta-batch of step ``t`` is drawn inside the step from ``fold_in(key, t)``, task ``i``
+    from ``fold_in(., i)``, with the task axis sharded over ``mesh``: each device (and so each
+    host) computes only its own tasks, and the batch is the same whatever the mesh. The state
+    is replicated and donated. Keys are closed over, so no host data enters a step.
+    """
+    sharding.check_divisible(meta_batch_size, mesh)
+    rep, tasks = sharding.replicated(mesh), sharding.task_sharded(mesh)
+    root_key = jax.random.key(seed)
+    data_key = jax.random.fold_in(root_key, _TRAIN_DATA)
+    step_key = jax.random.fold_in(root_key, _TRAIN_STEP)
+
+    def sample(step):
+        batch = sample_meta_batch(sampler, jax.random.fold_in(data_key, step), meta_batch_size)
+        return jax.lax.with_sharding_constraint(batch, tasks)
+
+    def init():
+        return learner.init(jax.random.fold_in(root_key, _INIT), sample(0))
+
+    def train_step(state: MetaState):
+        return learner.meta_step(
+            state, sample(state.step), jax.random.fold_in(step_key, state.step)
+        )
+
+    return (
+        jax.jit(init, out_shardings=rep),
+        jax.jit(train_step, in_shardings=(rep,), out_shardings=(rep, rep), donate_argnums=0),
+    )
+
+
 def _check_positive(**numbers: int) -> None:
     for name, value in numbers.items():
         if value < 1:
@@ -57,12 +101,12 @@ def _write_text_once(path: str, text: str) -> None:
 class _Evaluator:
     """Evaluates on a fixed set of held-out tasks, in chunks, compiled once per step count."""
 
-    def __init__(self, learner, sampler, mesh, root_key, num_tasks, batch_size, inner_steps):
+    def __init__(self, learner, sampler, mesh, seed, num_tasks, batch_size, inner_steps):
         self.num_chunks = -(-num_tasks // batch_size)
         self.num_tasks = self.num_chunks * batch_size
         self.inner_steps = tuple(inner_steps)
-        data_key = jax.random.fold_in(root_key, _EVAL_DATA)
-        step_key = jax.random.fold_in(root_key, _EVAL_STEP)
+        data_key = jax.random.fold_in(jax.random.key(seed), _EVAL_DATA)
+        step_key = jax.random.fold_in(jax.random.key(seed), _EVAL_STEP)
         tasks = sharding.task_sharded(mesh)
 
         def evaluate_chunk(state, chunk, num_inner_steps):
@@ -80,7 +124,7 @@ class _Evaluator:
         results = {"eval/num_tasks": float(self.num_tasks)}
         for k in self.inner_steps:
             chunks = [self._evaluate_chunk(state, c, k) for c in range(self.num_chunks)]
-            per_task = jax.tree.map(lambda *a: np.concatenate(a), *jax.device_get(chunks))
+            per_task = jax.tree.map(lambda *a: np.concatenate(a), *fetch(chunks))
             for name, values in per_task.items():
                 mean, ci95 = mean_and_ci95(values)
                 results[f"eval/steps_{k}/{name}"] = mean
@@ -141,36 +185,18 @@ def train(
     mesh = sharding.task_mesh()
     sharding.check_divisible(meta_batch_size, mesh)
     sharding.check_divisible(eval_batch_size, mesh, what="evaluation batch (train.eval_batch_size)")
-    rep, tasks = sharding.replicated(mesh), sharding.task_sharded(mesh)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_chief = jax.process_index() == 0
     start_time = time.time()
 
-    root_key = jax.random.key(seed)
-    data_key = jax.random.fold_in(root_key, _TRAIN_DATA)
-    step_key = jax.random.fold_in(root_key, _TRAIN_STEP)
-
-    def train_step(state: MetaState):
-        batch = sample_meta_batch(
-            train_sampler, jax.random.fold_in(data_key, state.step), meta_batch_size
-        )
-        batch = jax.lax.with_sharding_constraint(batch, tasks)
-        return learner.meta_step(state, batch, jax.random.fold_in(step_key, state.step))
-
-    train_step = jax.jit(
-        train_step, in_shardings=(rep,), out_shardings=(rep, rep), donate_argnums=0
-    )
-    init = jax.jit(learner.init, out_shardings=rep)
-    state = init(
-        jax.random.fold_in(root_key, _INIT),
-        sample_meta_batch(train_sampler, data_key, meta_batch_size),
-    )
+    init, train_step = make_train_step(learner, train_sampler, meta_batch_size, mesh, seed)
+    state = init()
     evaluator = _Evaluator(
         learner,
         eval_sampler or train_sampler,
         mesh,
-        root_key,
+        seed,
         eval_num_tasks,
         eval_batch_size,
         eval_inner_steps,
@@ -193,7 +219,7 @@ def train(
     progress = periodic_actions.ReportProgress(
         num_train_steps=num_steps, writer=writer, every_steps=log_every
     )
-    step = int(jax.device_get(state.step))
+    step = int(fetch(state.step))
     history, train_metrics = [], {}
     logging.info("Training from step %d to %d on %d devices.", step, num_steps, mesh.size)
     while step < num_steps:
@@ -202,7 +228,7 @@ def train(
         history.append(metrics)
         if step % log_every == 0 or step == num_steps:
             # The only host sync of the loop: fetch the interval's metrics and average them.
-            fetched = jax.device_get(history)
+            fetched = fetch(history)
             train_metrics = {
                 f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]
             }

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from evosax import algorithms
 
 from metax.data.base import MetaBatch
 from metax.learner.base import Learner, MetaState, task_keys
@@ -37,6 +36,10 @@ def evolution(
     Metrics: ``outer/loss`` (mean fitness of the population), ``fitness_best``,
     ``inner/loss_before`` and ``inner/loss_after`` (averaged over members and tasks).
     """
+    # Imported here: importing evosax initializes JAX's backend, which must wait for
+    # jax.distributed.initialize in multi-process runs.
+    from evosax import algorithms
+
     if not hasattr(algorithms, strategy):
         names = sorted(n for n in dir(algorithms) if n[0].isupper())
         raise ValueError(f"evolution strategy {strategy!r} is not in evosax.algorithms: {names}.")

@@ -1,0 +1,44 @@
+"""A few meta-steps of a learner through the training loop's compiled step, on any mesh:
+shared by the multi-process worker and the single-process reference."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from metax import data, learner, module, nn, sharding
+from metax.train import fetch, make_train_step
+
+NUM_STEPS = 4
+
+
+def make(name):
+    mlp = nn.mlp([8], 1, activation=jnp.tanh)
+    if name == "maml":
+        return learner.maml(
+            module.learned_init(mlp), optax.sgd(0.05), optax.sgd(0.1), num_inner_steps=2
+        )
+    if name == "implicit":
+        return learner.implicit(
+            module.learned_init(mlp, reg_strength=1.0),
+            learner.conjugate_gradient(3),
+            optax.sgd(0.05),
+            optax.sgd(0.1),
+            num_inner_steps=5,
+        )
+    if name == "evolution":
+        return learner.evolution(module.learned_init(mlp), population_size=4, num_inner_steps=1)
+    raise ValueError(name)
+
+
+def run(name, devices):
+    """Final meta-parameters (flat) and the last step's metrics after NUM_STEPS steps."""
+    mesh = sharding.task_mesh(devices)
+    init, train_step = make_train_step(
+        make(name), data.sinusoid(amplitude_range=(0.1, 1.0)), 16, mesh, seed=3
+    )
+    state = init()
+    for _ in range(NUM_STEPS):
+        state, metrics = train_step(state)
+    params, _ = ravel_pytree(fetch(state.meta_params))
+    return np.asarray(params), {k: np.asarray(v) for k, v in fetch(metrics).items()}
