@@ -1,6 +1,7 @@
-"""One process of a multi-process test run: N meta-steps of a learner, results from process 0.
+"""One process of a multi-process test run: a few meta-steps of each learner named, results
+written by process 0 to OUT_DIR/<learner>.npz.
 
-python tests/multihost_worker.py LEARNER PROCESS_ID NUM_PROCESSES PORT OUT.npz
+  python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR LEARNER...
 """
 
 import os
@@ -12,14 +13,15 @@ import jax  # noqa: E402
 import metax_test_learners  # noqa: E402
 import numpy as np  # noqa: E402
 
-learner_name, process_id, num_processes, port, out = sys.argv[1:6]
+process_id, num_processes, port, out_dir, *learner_names = sys.argv[1:]
 jax.distributed.initialize(
     coordinator_address=f"127.0.0.1:{port}",
     num_processes=int(num_processes),
     process_id=int(process_id),
     initialization_timeout=60,
 )
-params, metrics = metax_test_learners.run(learner_name, devices=jax.devices())
-if jax.process_index() == 0:
-    np.savez(out, params=params, **metrics)
+for name in learner_names:
+    params, metrics = metax_test_learners.run(name, devices=jax.devices())
+    if jax.process_index() == 0:
+        np.savez(os.path.join(out_dir, f"{name}.npz"), params=params, **metrics)
 jax.distributed.shutdown()

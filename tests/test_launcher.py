@@ -91,3 +91,40 @@ def test_missing_gin_file_fails_clearly(tmp_path):
     result = launch(tmp_path / "missing", gin_file="configs/no_such_experiment.gin")
     assert result.returncode != 0
     assert "gin file 'configs/no_such_experiment.gin' does not exist" in result.stderr
+
+
+def read_meta_params(path):
+    """A checkpoint's meta-parameters as one flat vector, on this process's first device
+    (the checkpoint may come from another topology)."""
+    import jax
+    import orbax.checkpoint as ocp
+    from jax.flatten_util import ravel_pytree
+
+    checkpointer = ocp.StandardCheckpointer()
+    tree = checkpointer.metadata(path)
+    tree = getattr(getattr(tree, "item_metadata", tree), "tree", tree)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+    return np.asarray(ravel_pytree(checkpointer.restore(path, abstract)["meta_params"])[0])
+
+
+def test_two_processes_give_the_same_run_as_one(finished_run, tmp_path):
+    """2 processes x 4 devices (jax.distributed on 127.0.0.1) against the 8-device run:
+    same final metrics and checkpointed meta-parameters; only process 0 prints."""
+    from test_multihost import free_port, launcher, run_processes
+
+    workdir, _ = finished_run
+    port = free_port()
+    outputs = run_processes([launcher(tmp_path / "two", i, port) for i in range(2)])
+    assert "metax: writing to" in outputs[0] and "metax: writing to" not in outputs[1]
+    two = json.loads((tmp_path / "two" / "final_metrics.json").read_text())
+    one = json.loads((workdir / "final_metrics.json").read_text())
+    for key, value in one.items():
+        if key != "wall_time_s":
+            np.testing.assert_allclose(two[key], value, rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(
+        read_meta_params(tmp_path / "two" / "checkpoints" / "20" / "default"),
+        read_meta_params(workdir / "checkpoints" / "20" / "default"),
+        rtol=1e-5,
+        atol=1e-7,
+    )

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from gradcheck import central_differences, meta_gradient
+from gradcheck import finite_difference_meta_gradient, meta_gradient, sinusoid_mse_before_and_after
 from jax.flatten_util import ravel_pytree
 
 from metax import data, energy, learner, module, nn
@@ -134,16 +134,7 @@ def test_second_order_meta_gradient_matches_finite_differences(x64, name):
     meta_model, maml = build(name)
     batch = sinusoid_batch(dtype=jnp.float64)
     state = maml.init(jax.random.key(0), batch)
-    flat, unravel = ravel_pytree(state.meta_params)
-
-    @jax.jit
-    def meta_loss(vector):
-        per_task = maml.evaluate(
-            state._replace(meta_params=unravel(vector)), batch, jax.random.key(0), 2
-        )
-        return jnp.mean(per_task["loss"])
-
-    expected = central_differences(meta_loss, flat)
+    expected = finite_difference_meta_gradient(maml, state, batch, num_inner_steps=2)
     actual, _ = ravel_pytree(meta_gradient(maml, state, batch))
     np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-9)
 
@@ -154,16 +145,7 @@ def test_conv_gain_mod_with_batch_norm_matches_finite_differences(x64):
     maml = learner.maml(meta_model, optax.sgd(0.5), optax.scale(1.0), num_inner_steps=2)
     batch = image_batch(jnp.float64)
     state = maml.init(jax.random.key(0), batch)
-    flat, unravel = ravel_pytree(state.meta_params)
-
-    @jax.jit
-    def meta_loss(vector):
-        per_task = maml.evaluate(
-            state._replace(meta_params=unravel(vector)), batch, jax.random.key(0), 2
-        )
-        return jnp.mean(per_task["loss"])
-
-    expected = central_differences(meta_loss, flat)
+    expected = finite_difference_meta_gradient(maml, state, batch, num_inner_steps=2)
     actual, _ = ravel_pytree(meta_gradient(maml, state, batch))
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-8)
 
@@ -351,21 +333,5 @@ def test_meta_model_learns_sinusoid_with_maml(name, lr, threshold):
         ),
     }[name]()
     maml = learner.maml(meta_model, optax.sgd(lr), optax.adam(1e-3), num_inner_steps=1)
-    sampler = data.sinusoid()
-    eval_batch = data.sample_meta_batch(sampler, jax.random.key(100), 200)
-    state = maml.init(jax.random.key(0), eval_batch)
-    evaluate = jax.jit(maml.evaluate, static_argnums=3)
-    before = float(jnp.mean(evaluate(state, eval_batch, jax.random.key(1), 5)["loss"]))
-
-    @jax.jit
-    def train(state):
-        def body(state, _):
-            key = jax.random.fold_in(jax.random.key(2), state.step)
-            batch = data.sample_meta_batch(sampler, key, 25)
-            return maml.meta_step(state, batch, jax.random.fold_in(key, 1))
-
-        return jax.lax.scan(body, state, length=1500)[0]
-
-    state = train(state)
-    after = float(jnp.mean(evaluate(state, eval_batch, jax.random.key(1), 5)["loss"]))
+    before, after = sinusoid_mse_before_and_after(maml, steps=1500)
     assert after < threshold * before, (before, after)

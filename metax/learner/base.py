@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from metax.data.base import MetaBatch
+from metax.learner.inner import make_evaluate
 from metax.types import Array, Metrics, Params, PRNGKey, State
 
 
@@ -118,3 +119,23 @@ def averaged_meta_step(
         return apply_outer_update(outer_optimizer, state, meta_grads), metrics
 
     return meta_step
+
+
+def gradient_learner(
+    meta_model,
+    task_meta_grad: Callable,
+    inner_optimizer: optax.GradientTransformation,
+    outer_optimizer: optax.GradientTransformation,
+    inner_batch_size: int | None = None,
+) -> Learner:
+    """A `Learner` from a per-task meta-gradient estimator (see `averaged_meta_step`), with the
+    usual initialization and the shared ``evaluate`` (adapt on support, score the query set)."""
+
+    def init(rng: PRNGKey, meta_batch: MetaBatch) -> MetaState:
+        return init_meta_state(meta_model.init, outer_optimizer, rng, meta_batch)
+
+    return Learner(
+        init,
+        averaged_meta_step(task_meta_grad, outer_optimizer),
+        make_evaluate(meta_model, inner_optimizer, inner_batch_size),
+    )

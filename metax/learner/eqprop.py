@@ -7,13 +7,11 @@ import optax
 from metax.data.base import MetaBatch
 from metax.learner.base import (
     Learner,
-    MetaState,
-    averaged_meta_step,
     check_meta_params_enter,
-    init_meta_state,
+    gradient_learner,
     prefix,
 )
-from metax.learner.inner import adapt, adapt_task, make_evaluate
+from metax.learner.inner import adapt, adapt_task
 from metax.module.base import MetaModel
 
 
@@ -100,11 +98,4 @@ def eqprop(
         )
         return meta_grads, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
 
-    def init(rng, meta_batch: MetaBatch) -> MetaState:
-        return init_meta_state(meta_model.init, outer_optimizer, rng, meta_batch)
-
-    return Learner(
-        init,
-        averaged_meta_step(task_meta_grad, outer_optimizer),
-        make_evaluate(meta_model, inner_optimizer),
-    )
+    return gradient_learner(meta_model, task_meta_grad, inner_optimizer, outer_optimizer)

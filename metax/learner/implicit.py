@@ -19,16 +19,13 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.sparse import linalg
 
-from metax.data.base import MetaBatch
 from metax.learner.base import (
     Learner,
-    MetaState,
-    averaged_meta_step,
     check_meta_params_enter,
-    init_meta_state,
+    gradient_learner,
     prefix,
 )
-from metax.learner.inner import adapt_task, make_evaluate
+from metax.learner.inner import adapt_task
 from metax.module.base import MetaModel
 from metax.types import Params
 
@@ -163,11 +160,6 @@ def implicit(
         meta_grads = jax.tree.map(jnp.subtract, direct, mixed)
         return meta_grads, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
 
-    def init(rng, meta_batch: MetaBatch) -> MetaState:
-        return init_meta_state(meta_model.init, outer_optimizer, rng, meta_batch)
-
-    return Learner(
-        init,
-        averaged_meta_step(task_meta_grad, outer_optimizer),
-        make_evaluate(meta_model, inner_optimizer, inner_batch_size),
+    return gradient_learner(
+        meta_model, task_meta_grad, inner_optimizer, outer_optimizer, inner_batch_size
     )
