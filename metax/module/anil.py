@@ -1,8 +1,6 @@
 """ANIL: a meta-learned shared body; only the head adapts per task."""
 
 import gin
-import jax
-import jax.numpy as jnp
 
 from metax import energy, nn
 from metax.energy import Energy
@@ -28,32 +26,19 @@ def anil(
     in second-order MAML, through the adaptation of the head as well.
     """
 
+    network = nn.sequential(body=body, head=head)
+
     def init(rng, sample_input):
-        k_body, k_head = jax.random.split(rng)
-        body_params, body_state = body.init(k_body, sample_input)
-        features = jax.eval_shape(
-            lambda p, s, x: body.apply(p, s, None, x, is_training=False)[0],
-            body_params,
-            body_state,
-            sample_input,
-        )
-        head_params, head_state = head.init(k_head, jnp.zeros(features.shape, features.dtype))
-        meta_params = {"body": body_params, "head_init": head_params}
-        return meta_params, {"body": body_state, "head": head_state}
+        params, state = network.init(rng, sample_input)
+        return {"body": params["body"], "head_init": params["head"]}, state
 
     def reset(rng, meta_params, meta_state):
         del rng
         return {"head": meta_params["head_init"]}, meta_state
 
     def apply(meta_params, params, state, rng, inputs, *, is_training=True):
-        k_body, k_head = jax.random.split(rng)
-        features, body_state = body.apply(
-            meta_params["body"], state["body"], k_body, inputs, is_training=is_training
-        )
-        outputs, head_state = head.apply(
-            params["head"], state["head"], k_head, features, is_training=is_training
-        )
-        return outputs, {"body": body_state, "head": head_state}
+        network_params = {"body": meta_params["body"], "head": params["head"]}
+        return network.apply(network_params, state, rng, inputs, is_training=is_training)
 
     inner_energy, outer_energy = make_energies(apply, loss_fn, batch_norm)
     return MetaModel(

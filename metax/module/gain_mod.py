@@ -1,7 +1,6 @@
 """Gain modulation (CML): a meta-learned body whose hidden units get task-specific gains, shifts."""
 
 import gin
-import jax
 import jax.numpy as jnp
 
 from metax import energy, nn
@@ -36,29 +35,23 @@ def gain_mod(
         raise ValueError(f"gain_mod reg_strength must be >= 0 or None, got {reg_strength}.")
     head_key = "head_init" if adapt_head else "head"
 
+    network = nn.sequential(body=body, head=head)
+
     def init(rng, sample_input):
-        k_body, k_head = jax.random.split(rng)
-        body_params, body_state = body.init(k_body, sample_input)
-        shapes = nn.modulation_shapes(body_params)
+        params, state = network.init(rng, sample_input)
+        shapes = nn.modulation_shapes(params["body"])
         if not shapes:
             raise ValueError(
                 "gain_mod needs a body with hidden layers to modulate (nn.mlp with hidden_sizes, "
                 "or nn.conv4); the body's params have no 'layer_i' or 'block_i' entries."
             )
-        features = jax.eval_shape(
-            lambda p, s, x: body.apply(p, s, None, x, is_training=False)[0],
-            body_params,
-            body_state,
-            sample_input,
-        )
-        head_params, head_state = head.init(k_head, jnp.zeros(features.shape, features.dtype))
         meta_params = {
-            "body": body_params,
+            "body": params["body"],
             "gain_init": {name: jnp.ones(shape) for name, shape in shapes.items()},
             "shift_init": {name: jnp.zeros(shape) for name, shape in shapes.items()},
-            head_key: head_params,
+            head_key: params["head"],
         }
-        return meta_params, {"body": body_state, "head": head_state}
+        return meta_params, state
 
     def initial_params(meta_params):
         params = {"gain": meta_params["gain_init"], "shift": meta_params["shift_init"]}
@@ -71,21 +64,15 @@ def gain_mod(
         return initial_params(meta_params), meta_state
 
     def apply(meta_params, params, state, rng, inputs, *, is_training=True):
-        k_body, k_head = jax.random.split(rng)
-        features, body_state = body.apply(
-            meta_params["body"],
-            state["body"],
-            k_body,
+        head_params = params["head"] if adapt_head else meta_params["head"]
+        return network.apply(
+            {"body": meta_params["body"], "head": head_params},
+            state,
+            rng,
             inputs,
             is_training=is_training,
-            gain=params["gain"],
-            shift=params["shift"],
+            layer_kwargs={"body": {"gain": params["gain"], "shift": params["shift"]}},
         )
-        head_params = params["head"] if adapt_head else meta_params["head"]
-        outputs, head_state = head.apply(
-            head_params, state["head"], k_head, features, is_training=is_training
-        )
-        return outputs, {"body": body_state, "head": head_state}
 
     def regularizer(meta_params, params):
         return energy.l2_pull(params, initial_params(meta_params), reg_strength)
