@@ -248,7 +248,9 @@ def test_batch_norm_does_not_leak_across_tasks(batch_norm):
     _, maml = conv_learner(batch_norm)
     batch = image_batch(num_tasks=2)
     state = maml.init(jax.random.key(0), batch)
-    other = jax.tree.map(lambda a: a.at[0].set(3.0 * a[0][::-1]), batch)
+    other = MetaBatch(
+        *(d._replace(x=d.x.at[0].set(3.0 * d.x[0][::-1])) for d in (batch.train, batch.test))
+    )
     evaluate = jax.jit(maml.evaluate, static_argnums=3)
     original = evaluate(state, batch, jax.random.key(1), 2)
     replaced = evaluate(state, other, jax.random.key(1), 2)
