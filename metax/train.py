@@ -123,8 +123,10 @@ class _Evaluator:
     def __call__(self, state: MetaState) -> dict[str, float]:
         results = {"eval/num_tasks": float(self.num_tasks)}
         for k in self.inner_steps:
-            chunks = [self._evaluate_chunk(state, c, k) for c in range(self.num_chunks)]
-            per_task = jax.tree.map(lambda *a: np.concatenate(a), *fetch(chunks))
+            # Fetched chunk by chunk: a long queue of multi-device executions can deadlock
+            # XLA:CPU's collectives (see the training loop), and evaluation is not hot.
+            chunks = [fetch(self._evaluate_chunk(state, c, k)) for c in range(self.num_chunks)]
+            per_task = jax.tree.map(lambda *a: np.concatenate(a), *chunks)
             for name, values in per_task.items():
                 mean, ci95 = mean_and_ci95(values)
                 results[f"eval/steps_{k}/{name}"] = mean

@@ -128,3 +128,20 @@ def test_two_processes_give_the_same_run_as_one(finished_run, tmp_path):
         rtol=1e-5,
         atol=1e-7,
     )
+
+
+def test_long_run_on_eight_virtual_devices_completes(tmp_path):
+    """300 steps between two metric fetches and 8 evaluation chunks: unbounded queues of
+    multi-device steps used to deadlock XLA:CPU's all-reduce here (aborting after 40 s)."""
+    result = launch(
+        tmp_path / "long",
+        bindings=[
+            "train.num_steps = 300",
+            "train.log_every = 300",
+            "train.eval_every = 300",
+            "train.checkpoint_every = 300",
+            "train.eval_num_tasks = 64",
+        ],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "long" / "final_metrics.json").read_text())["step"] == 300
