@@ -1,0 +1,71 @@
+"""On-device N-way K-shot episode sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metax import data
+from metax.data.fewshot import fewshot, rotations_as_classes
+
+NUM_CLASSES, PER_CLASS = 12, 20
+
+
+def coded_images():
+    """Image (c, i) is a 2x2 patch whose pixels all equal 1000 c + i: decodable."""
+    codes = 1000.0 * np.arange(NUM_CLASSES)[:, None] + np.arange(PER_CLASS)[None, :]
+    return np.broadcast_to(codes[:, :, None, None, None], (NUM_CLASSES, PER_CLASS, 2, 2, 1))
+
+
+def test_episode_shapes_labels_and_disjoint_examples():
+    sampler = fewshot(coded_images(), ways=5, shots=2, queries=3)
+    batch = jax.jit(lambda k: data.sample_meta_batch(sampler, k, 16))(jax.random.key(0))
+    assert batch.train.x.shape == (16, 10, 2, 2, 1) and batch.test.x.shape == (16, 15, 2, 2, 1)
+    assert batch.train.y.dtype == jnp.int32
+    for t in range(16):
+        classes = np.asarray(batch.train.info["classes"][t])
+        assert len(set(classes.tolist())) == 5  # Distinct classes.
+        for part, n in ((batch.train, 2), (batch.test, 3)):
+            codes = np.asarray(part.x[t, :, 0, 0, 0]).astype(int)
+            labels = np.asarray(part.y[t])
+            np.testing.assert_array_equal(labels, np.repeat(np.arange(5), n))
+            np.testing.assert_array_equal(codes // 1000, classes[labels])  # Label -> class.
+        support = set(np.asarray(batch.train.x[t, :, 0, 0, 0]).astype(int).tolist())
+        query = set(np.asarray(batch.test.x[t, :, 0, 0, 0]).astype(int).tolist())
+        assert len(support) == 10 and len(query) == 15 and not support & query
+    # Labels are permuted per episode: the class behind label 0 varies.
+    assert len(set(np.asarray(batch.train.info["classes"][:, 0]).tolist())) > 1
+
+
+def test_episodes_are_deterministic_per_key_and_differ_across_keys():
+    sampler = fewshot(coded_images(), ways=3, shots=1, queries=2)
+    a = data.sample_meta_batch(sampler, jax.random.key(1), 4)
+    b = data.sample_meta_batch(sampler, jax.random.key(1), 4)
+    c = data.sample_meta_batch(sampler, jax.random.key(2), 4)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert not np.array_equal(a.train.x, c.train.x)
+
+
+def test_sampling_needs_no_host_transfer_once_compiled():
+    sampler = fewshot(jnp.asarray(coded_images()), ways=3, shots=1, queries=2)
+    sample = jax.jit(lambda k: data.sample_meta_batch(sampler, k, 4))
+    key = jax.random.key(3)
+    jax.block_until_ready(sample(key))
+    with jax.transfer_guard("disallow"):
+        jax.block_until_ready(sample(key))
+
+
+def test_rotations_become_separate_classes():
+    images = np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4, 1).astype(np.float32)
+    rotated = rotations_as_classes(images)
+    assert rotated.shape == (8, 3, 4, 4, 1)
+    np.testing.assert_array_equal(rotated[:2], images)
+    np.testing.assert_array_equal(rotated[2 + 1, 2, :, :, 0], np.rot90(images[1, 2, :, :, 0]))
+    np.testing.assert_array_equal(rotated[6 + 0, 0, :, :, 0], np.rot90(images[0, 0, :, :, 0], 3))
+
+
+def test_impossible_episodes_are_refused():
+    with pytest.raises(ValueError, match="only 12 classes"):
+        fewshot(coded_images(), ways=20)
+    with pytest.raises(ValueError, match="only 20 examples per class"):
+        fewshot(coded_images(), ways=5, shots=5, queries=16)
