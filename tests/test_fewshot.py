@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from metax import data
-from metax.data.fewshot import fewshot, rotations_as_classes
+from metax.data.fewshot import fewshot
 
 NUM_CLASSES, PER_CLASS = 12, 20
 
@@ -56,16 +56,21 @@ def test_sampling_needs_no_host_transfer_once_compiled():
 
 
 def test_rotations_become_separate_classes():
-    images = np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4, 1).astype(np.float32)
-    rotated = rotations_as_classes(images)
-    assert rotated.shape == (8, 3, 4, 4, 1)
-    np.testing.assert_array_equal(rotated[:2], images)
-    np.testing.assert_array_equal(rotated[2 + 1, 2, :, :, 0], np.rot90(images[1, 2, :, :, 0]))
-    np.testing.assert_array_equal(rotated[6 + 0, 0, :, :, 0], np.rot90(images[0, 0, :, :, 0], 3))
+    images = np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4, 1).astype(np.uint8)
+    sampler = fewshot(images, ways=8, shots=1, queries=2, rotations=True)
+    episode = sampler.sample_task(jax.random.key(0))
+    classes = np.asarray(episode.train.info["classes"])
+    assert sorted(classes.tolist()) == list(range(8))  # 2 classes x 4 rotations, all drawn.
+    for label, cls in enumerate(classes):
+        base, turns = cls % 2, cls // 2
+        x = np.asarray(episode.train.x[label, :, :, 0])  # Scaled from uint8 to [0, 1].
+        candidates = [np.rot90(images[base, i, :, :, 0], turns) / 255.0 for i in range(3)]
+        assert any(np.allclose(x, c) for c in candidates)
 
 
 def test_impossible_episodes_are_refused():
     with pytest.raises(ValueError, match="only 12 classes"):
         fewshot(coded_images(), ways=20)
+    assert fewshot(coded_images(), ways=20, rotations=True)  # 48 classes with rotations.
     with pytest.raises(ValueError, match="only 20 examples per class"):
         fewshot(coded_images(), ways=5, shots=5, queries=16)

@@ -31,8 +31,8 @@ def test_minimal_splits_are_prepared_and_read_back_without_tensorflow(prepared):
     small1, alphabets1 = omniglot.load_classes(prepared, "small1")
     small2, alphabets2 = omniglot.load_classes(prepared, "small2")
     assert small1.shape == (136, 20, 28, 28, 1) and small2.shape == (156, 20, 28, 28, 1)
-    assert small1.dtype == np.float32 and small1.min() >= 0.0 and small1.max() <= 1.0
-    assert 0.02 < small1.mean() < 0.3  # Ink on empty background, not inverted.
+    assert small1.dtype == np.uint8 and small1.max() == 255
+    assert 0.02 < small1.mean() / 255 < 0.3  # Ink on empty background, not inverted.
     assert len(set(alphabets1)) == 5 and len(set(alphabets2)) == 5
     # Greek and Latin are in both zips: the minimal meta-test set is small2's other alphabets.
     test_classes = small2[~np.isin(alphabets2, alphabets1)]

@@ -4,7 +4,7 @@ Importing this package does not import TensorFlow.
 """
 
 from metax.data.base import Dataset, MetaBatch, TaskSampler, num_tasks, sample_meta_batch
-from metax.data.fewshot import fewshot, rotations_as_classes
+from metax.data.fewshot import fewshot
 from metax.data.synthetic import (
     FAMILY_NAMES,
     family,
@@ -27,7 +27,6 @@ __all__ = [
     "linear",
     "num_tasks",
     "polynomial",
-    "rotations_as_classes",
     "sample_meta_batch",
     "sawtooth",
     "sinusoid",

@@ -1,25 +1,19 @@
 """N-way K-shot episodes sampled on device from an array of classes, inside jit.
 
-The images of a split live in one array ``(num_classes, examples_per_class, *image_shape)``
-(Omniglot at 28x28: ~25 MB); an episode draws ``ways`` distinct classes and, for each,
+The images of a split live in one array ``(num_classes, examples_per_class, h, w, c)``
+(Omniglot at 28x28 in uint8: ~25 MB); an episode draws ``ways`` distinct classes and, for each,
 ``shots + queries`` distinct examples with `jax.random`, so sampling is part of the compiled
 meta-step and costs no host work. Labels are the classes' positions in the random draw, i.e.
-permuted per episode.
+permuted per episode. With ``rotations=True`` each class rotated by 90, 180 and 270 degrees is
+a further class (Vinyals et al., 2016; the MAML paper), rotated on the fly rather than stored.
 """
 
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from metax.data.base import Dataset, MetaBatch, TaskSampler
 from metax.types import Array, PRNGKey
-
-
-def rotations_as_classes(images: np.ndarray) -> np.ndarray:
-    """``(classes, n, h, w, c) -> (4 * classes, n, h, w, c)``: each class rotated by 0, 90,
-    180 and 270 degrees becomes four classes (Vinyals et al., 2016; the MAML paper)."""
-    return np.concatenate([np.rot90(images, k, axes=(2, 3)) for k in range(4)], axis=0)
 
 
 @gin.register(module="metax.data")
@@ -28,15 +22,18 @@ def fewshot(
     ways: int = 5,
     shots: int = 1,
     queries: int = 15,
+    rotations: bool = False,
 ) -> TaskSampler:
-    """Episodes from ``images`` of shape ``(classes, examples_per_class, *image_shape)``.
+    """Episodes from ``images`` of shape ``(classes, examples_per_class, h, w, c)``; uint8
+    images are scaled to float32 in [0, 1].
 
-    ``sample_task(rng)`` returns a MetaBatch with support ``x: (ways * shots, *image_shape)``,
+    ``sample_task(rng)`` returns a MetaBatch with support ``x: (ways * shots, h, w, c)``,
     ``y: (ways * shots,)`` int32 labels in ``[0, ways)`` and query ``(ways * queries, ...)``,
     grouped by class (class 0's examples first). ``info["classes"]`` holds the episode's class
-    indices into ``images`` (shape ``(ways,)``).
+    ids (shape ``(ways,)``): ``r * classes + i`` is class ``i`` rotated by ``r * 90`` degrees.
     """
-    num_classes, per_class = images.shape[0], images.shape[1]
+    per_class = images.shape[1]
+    num_classes = images.shape[0] * (4 if rotations else 1)
     if ways < 1 or shots < 1 or queries < 1:
         raise ValueError(
             f"fewshot needs ways, shots, queries >= 1, got {ways}, {shots}, {queries}."
@@ -57,7 +54,13 @@ def fewshot(
         classes = jax.random.permutation(k_classes, num_classes)[:ways]
         keys = jax.random.split(k_examples, ways)
         examples = jax.vmap(lambda k: jax.random.permutation(k, per_class)[: shots + queries])(keys)
-        chosen = images[classes[:, None], examples]  # (ways, shots + queries, *image_shape)
+        base, quarter_turns = classes % images.shape[0], classes // images.shape[0]
+        chosen = images[base[:, None], examples]  # (ways, shots + queries, h, w, c)
+        if rotations:
+            turns = [lambda x, k=k: jnp.rot90(x, k, axes=(1, 2)) for k in range(4)]
+            chosen = jax.vmap(lambda k, x: jax.lax.switch(k, turns, x))(quarter_turns, chosen)
+        if chosen.dtype == jnp.uint8:
+            chosen = chosen.astype(jnp.float32) / 255.0
         labels = jnp.broadcast_to(
             jnp.arange(ways, dtype=jnp.int32)[:, None], (ways, shots + queries)
         )

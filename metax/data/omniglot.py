@@ -122,8 +122,9 @@ def prepare(manual_dir: str, data_dir: str) -> OmniglotZips:
 
 
 def load_classes(builder: OmniglotZips, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All drawings of a prepared split as ``(classes, 20, 28, 28, 1)`` float32 images in
-    [0, 1] (classes in label order), with the ``(classes,)`` alphabet index of each class."""
+    """All drawings of a prepared split as ``(classes, 20, 28, 28, 1)`` uint8 images (ink 255;
+    `metax.data.fewshot` scales them), classes in label order, with the ``(classes,)`` alphabet
+    index of each class."""
     if split not in builder.info.splits:
         raise ValueError(
             f"Split {split!r} is not prepared; prepared: {sorted(builder.info.splits)}."
@@ -132,7 +133,7 @@ def load_classes(builder: OmniglotZips, split: str) -> tuple[np.ndarray, np.ndar
     examples = [source[i] for i in range(len(source))]
     labels = np.array([e["label"] for e in examples])
     order = np.argsort(labels, kind="stable")
-    images = np.stack([examples[i]["image"] for i in order]).astype(np.float32) / 255.0
+    images = np.stack([examples[i]["image"] for i in order])
     classes = np.unique(labels)
     counts = np.bincount(labels)[classes]
     if not np.all(counts == DRAWINGS_PER_CHARACTER):
