@@ -47,3 +47,47 @@ def test_missing_data_fails_at_once_with_instructions(tmp_path):
     for folder in ("nowhere", "empty"):
         with pytest.raises(FileNotFoundError, match="No Omniglot zip in.*images_background_small1"):
             omniglot.prepare(str(tmp_path / folder), str(tmp_path / "tfds"))
+
+
+def test_maml_learns_5_way_1_shot_on_the_minimal_splits(tmp_path):
+    """100 meta-steps of 4 episodes (conv4, 16 channels, strided, 1 inner step of 0.4): the
+    meta-test accuracy after one step, over 100 episodes of small2's unseen alphabets, rises
+    well above chance (20%). Measured: 0.275 at initialization -> 0.402."""
+    if not HAVE_ZIPS:
+        pytest.skip(f"Omniglot zips not found in {ZIPS} (set {omniglot.DATA_DIR_ENV}).")
+    import jax.numpy as jnp
+    import optax
+
+    from metax import data, energy, learner, module, nn
+
+    kwargs = dict(
+        splits="minimal", ways=5, shots=1, queries=5, manual_dir=ZIPS, data_dir=str(tmp_path)
+    )
+    train_sampler = omniglot.omniglot("train", **kwargs)
+    test_sampler = omniglot.omniglot("test", **kwargs)
+    model = nn.sequential(body=nn.conv4(num_channels=16, pooling="strided"), head=nn.linear(5))
+    maml = learner.maml(
+        module.learned_init(model, loss_fn=energy.cross_entropy),
+        optax.sgd(0.4),
+        optax.adam(1e-3),
+        num_inner_steps=1,
+    )
+    eval_batch = data.sample_meta_batch(test_sampler, jax.random.key(100), 100)
+    state = maml.init(jax.random.key(0), eval_batch)
+    evaluate = jax.jit(maml.evaluate, static_argnums=3)
+
+    def accuracy(state):
+        return float(jnp.mean(evaluate(state, eval_batch, jax.random.key(1), 1)["accuracy"]))
+
+    @jax.jit
+    def train(state):
+        def body(state, _):
+            key = jax.random.fold_in(jax.random.key(2), state.step)
+            batch = data.sample_meta_batch(train_sampler, key, 4)
+            return maml.meta_step(state, batch, jax.random.fold_in(key, 1))
+
+        return jax.lax.scan(body, state, length=100)[0]
+
+    before = accuracy(state)
+    after = accuracy(train(state))
+    assert after > 0.35 and after > before + 0.08, (before, after)

@@ -13,8 +13,12 @@ classes for `metax.data.fewshot`.
 import os
 import zipfile
 
+import gin
 import numpy as np
 import tensorflow_datasets as tfds
+
+from metax.data.base import TaskSampler
+from metax.data.fewshot import fewshot
 
 ZIP_SPLITS = {
     "images_background.zip": "background",
@@ -145,3 +149,68 @@ def load_classes(builder: OmniglotZips, split: str) -> tuple[np.ndarray, np.ndar
         [examples[order[i * DRAWINGS_PER_CHARACTER]]["alphabet"] for i in range(len(classes))]
     )
     return images.reshape(len(classes), DRAWINGS_PER_CHARACTER, *images.shape[1:]), alphabets
+
+
+TFDS_DIR_ENV = "METAX_TFDS_DIR"
+STANDARD_TRAIN_CHARACTERS = 1200
+
+
+def _default(path: str | None, env: str, fallback: str | None) -> str:
+    path = path or os.environ.get(env) or fallback
+    if path is None:
+        raise FileNotFoundError(
+            f"Omniglot needs the folder of its original zip files: pass manual_dir (gin: "
+            f"metax.data.omniglot.manual_dir) or set {env}. "
+            f"{OmniglotZips.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        )
+    return os.path.expanduser(path)
+
+
+def omniglot_classes(
+    mode: str, splits: str, manual_dir: str | None = None, data_dir: str | None = None
+) -> np.ndarray:
+    """The classes of the meta-train (``mode="train"``) or meta-test (``"test"``) set.
+
+    ``splits="standard"``: background + evaluation zips (1,623 characters in label order), the
+    first 1,200 for meta-training and the rest for meta-testing (Vinyals et al., 2016).
+    ``splits="minimal"``: meta-train on all characters of ``small1`` (5 alphabets), meta-test
+    on the characters of ``small2``'s alphabets that are not in ``small1`` (3 alphabets).
+    """
+    if mode not in ("train", "test") or splits not in ("standard", "minimal"):
+        raise ValueError(
+            f"omniglot mode must be 'train' or 'test' and splits 'standard' or "
+            f"'minimal', got {mode!r} and {splits!r}."
+        )
+    builder = prepare(
+        _default(manual_dir, DATA_DIR_ENV, None),
+        _default(data_dir, TFDS_DIR_ENV, "~/tensorflow_datasets"),
+    )
+    if splits == "minimal":
+        small1, alphabets1 = load_classes(builder, "small1")
+        if mode == "train":
+            return small1
+        small2, alphabets2 = load_classes(builder, "small2")
+        return small2[~np.isin(alphabets2, alphabets1)]
+    images = np.concatenate([load_classes(builder, s)[0] for s in ("background", "evaluation")])
+    if mode == "train":
+        return images[:STANDARD_TRAIN_CHARACTERS]
+    return images[STANDARD_TRAIN_CHARACTERS:]
+
+
+@gin.register(module="metax.data")
+def omniglot(
+    mode: str = "train",
+    splits: str = "standard",
+    ways: int = 5,
+    shots: int = 1,
+    queries: int = 15,
+    rotations: bool = True,
+    manual_dir: str | None = None,
+    data_dir: str | None = None,
+) -> TaskSampler:
+    """N-way K-shot Omniglot episodes (28x28, rotations as extra classes as in the MAML paper)
+    sampled on device; see `omniglot_classes` for the splits. The dataset is prepared once
+    from the zips in ``manual_dir`` (or ``$METAX_OMNIGLOT_DIR``) into ``data_dir`` (or
+    ``$METAX_TFDS_DIR``, default ``~/tensorflow_datasets``); nothing is downloaded."""
+    classes = omniglot_classes(mode, splits, manual_dir, data_dir)
+    return fewshot(classes, ways=ways, shots=shots, queries=queries, rotations=rotations)
