@@ -8,7 +8,7 @@ import optax
 
 from metax.data.base import MetaBatch
 from metax.learner.base import Learner, MetaState, task_keys
-from metax.learner.inner import adapt_task, make_evaluate
+from metax.learner.inner import adapt_and_score, make_evaluate
 from metax.module.base import MetaModel
 
 
@@ -58,18 +58,16 @@ def evolution(
         return es, params
 
     def task_fitness(meta_params, model_state, task, rng):
-        k_adapt, k_outer = jax.random.split(rng)
-        _, params, state, inner_metrics = adapt_task(
+        loss, inner_metrics, _ = adapt_and_score(
             meta_model,
             inner_optimizer,
             meta_params,
             model_state,
-            k_adapt,
-            task.train,
+            task,
+            rng,
             num_inner_steps,
             inner_batch_size,
         )
-        loss, _ = meta_model.outer_energy(meta_params, params, state, k_outer, task.test)
         return loss, inner_metrics
 
     def member_fitness(meta_params, model_state, meta_batch, keys):

@@ -139,6 +139,38 @@ def adapt_task(
     return params_0, params, state, metrics
 
 
+def adapt_and_score(
+    meta_model: MetaModel,
+    optimizer: optax.GradientTransformation,
+    meta_params: Params,
+    model_state: State,
+    task: MetaBatch,
+    rng: PRNGKey,
+    num_steps: int,
+    batch_size: int | None = None,
+    first_order: bool = False,
+) -> tuple[Array, Metrics, Metrics]:
+    """Adapts one task on its support set (`adapt_task`) and evaluates the outer energy on its
+    query set. Returns ``(outer_loss, inner_metrics, outer_metrics)``; differentiable in
+    ``meta_params`` (what MAML differentiates, evolution scores and evaluation reports)."""
+    k_adapt, k_outer = jax.random.split(rng)
+    _, params, state, inner_metrics = adapt_task(
+        meta_model,
+        optimizer,
+        meta_params,
+        model_state,
+        k_adapt,
+        task.train,
+        num_steps,
+        batch_size,
+        first_order=first_order,
+    )
+    loss, (_, outer_metrics) = meta_model.outer_energy(
+        meta_params, params, state, k_outer, task.test
+    )
+    return loss, inner_metrics, outer_metrics
+
+
 def make_evaluate(
     meta_model: MetaModel,
     optimizer: optax.GradientTransformation,
@@ -149,21 +181,16 @@ def make_evaluate(
 
     def evaluate(state, meta_batch: MetaBatch, rng: PRNGKey, num_inner_steps: int) -> Metrics:
         def one_task(task, key):
-            k_adapt, k_outer = jax.random.split(key)
-            _, params, model_state, _ = adapt_task(
+            return adapt_and_score(
                 meta_model,
                 optimizer,
                 state.meta_params,
                 state.model_state,
-                k_adapt,
-                task.train,
+                task,
+                key,
                 num_inner_steps,
                 batch_size,
-            )
-            _, (_, metrics) = meta_model.outer_energy(
-                state.meta_params, params, model_state, k_outer, task.test
-            )
-            return metrics
+            )[2]
 
         keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_tasks(meta_batch)))
         return jax.vmap(one_task)(meta_batch, keys)

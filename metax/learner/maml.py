@@ -14,7 +14,7 @@ from metax.learner.base import (
     prefix,
     task_keys,
 )
-from metax.learner.inner import adapt_task, make_evaluate, scalar_mean
+from metax.learner.inner import adapt_and_score, make_evaluate, scalar_mean
 from metax.module.base import MetaModel
 
 
@@ -46,20 +46,16 @@ def maml(
         raise ValueError(f"maml num_inner_steps must be >= 0, got {num_inner_steps}.")
 
     def task_loss(meta_params, model_state, task, rng):
-        k_adapt, k_outer = jax.random.split(rng)
-        _, params, state, inner_metrics = adapt_task(
+        loss, inner_metrics, outer_metrics = adapt_and_score(
             meta_model,
             inner_optimizer,
             meta_params,
             model_state,
-            k_adapt,
-            task.train,
+            task,
+            rng,
             num_inner_steps,
             inner_batch_size,
-            first_order=first_order,
-        )
-        loss, (_, outer_metrics) = meta_model.outer_energy(
-            meta_params, params, state, k_outer, task.test
+            first_order,
         )
         return loss, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
 
