@@ -31,7 +31,17 @@ def _masked_mean(per_sample: Array, mask: Array | None) -> Array:
 def squared_error(
     predictions: Array, targets: Array, mask: Array | None = None
 ) -> tuple[Array, Metrics]:
-    """Mean over samples of ``sum_j (predictions - targets)_j^2``; shapes ``(n, ...)``."""
+    """Mean over samples of ``sum_j (predictions - targets)_j^2``; shapes ``(n, ...)``, equal.
+
+    Raises a ValueError (at trace time) if the shapes differ: broadcasting ``(n, 1)`` against
+    ``(n,)`` or ``(n, k)`` would silently compute another loss.
+    """
+    if predictions.shape != targets.shape:
+        raise ValueError(
+            f"squared_error: the model predicts shape {tuple(predictions.shape)} but the "
+            f"targets have shape {tuple(targets.shape)}; make the model's output size match "
+            f"the targets (e.g. out_features of its last layer)."
+        )
     per_sample = jnp.sum(
         jnp.reshape((predictions - targets) ** 2, (predictions.shape[0], -1)), axis=-1
     )
@@ -43,8 +53,16 @@ def squared_error(
 def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> tuple[Array, Metrics]:
     """Softmax cross-entropy with integer labels; logits ``(n, classes)``, labels ``(n,)``.
 
-    Metrics: ``loss`` and ``accuracy`` (argmax equals label), both masked alike.
+    Metrics: ``loss`` and ``accuracy`` (argmax equals label), both masked alike. Raises a
+    ValueError (at trace time) unless the labels are integers of shape ``logits.shape[:-1]``.
     """
+    if labels.shape != logits.shape[:-1] or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(
+            f"cross_entropy needs integer labels of shape {tuple(logits.shape[:-1])} for logits "
+            f"of shape {tuple(logits.shape)}, got {labels.dtype} labels of shape "
+            f"{tuple(labels.shape)}; use it for classification tasks, squared_error for "
+            f"regression."
+        )
     log_probs = jax.nn.log_softmax(logits)
     nll = -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(logits.dtype)

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from metax import data, learner, module, nn, sharding
+from metax import data, energy, learner, module, nn, sharding
 from metax.train import fetch, make_train_step
 
 NUM_STEPS = 4
@@ -26,17 +26,31 @@ def make(name):
             optax.sgd(0.1),
             num_inner_steps=5,
         )
+    if name == "fewshot_maml":
+        model = nn.sequential(body=nn.conv4(num_channels=4, pooling="strided"), head=nn.linear(3))
+        return learner.maml(
+            module.learned_init(model, loss_fn=energy.cross_entropy),
+            optax.sgd(0.4),
+            optax.sgd(0.1),
+            num_inner_steps=1,
+        )
     if name == "evolution":
         return learner.evolution(module.learned_init(mlp), population_size=4, num_inner_steps=1)
     raise ValueError(name)
 
 
+def sampler(name):
+    if name == "fewshot_maml":
+        # Episodes drawn on device from one image array that every process holds.
+        images = np.random.default_rng(0).integers(0, 256, (12, 6, 16, 16, 1), dtype=np.uint8)
+        return data.fewshot(images, ways=3, shots=2, queries=2, rotations=True)
+    return data.sinusoid(amplitude_range=(0.1, 1.0))
+
+
 def run(name, devices):
     """Final meta-parameters (flat) and the last step's metrics after NUM_STEPS steps."""
     mesh = sharding.task_mesh(devices)
-    init, train_step = make_train_step(
-        make(name), data.sinusoid(amplitude_range=(0.1, 1.0)), 16, mesh, seed=3
-    )
+    init, train_step = make_train_step(make(name), sampler(name), 16, mesh, seed=3)
     state = init()
     for _ in range(NUM_STEPS):
         state, metrics = train_step(state)

@@ -41,7 +41,7 @@ def run_processes(commands, timeout=240):
     return outputs
 
 
-LEARNERS = ("maml", "implicit", "evolution")
+LEARNERS = ("maml", "implicit", "evolution", "fewshot_maml")
 
 
 @pytest.fixture(scope="module")

@@ -42,13 +42,22 @@ def _characters(zip_path: str) -> list[tuple[str, str, list[str]]]:
     return [(a, c, sorted(files)) for (a, c), files in sorted(groups.items())]
 
 
-def _resized(archive: zipfile.ZipFile, member: str) -> np.ndarray:
+def _resized(image) -> np.ndarray:
+    """A PIL image or ``(h, w[, c])`` uint8 array of black ink on white -> ``(28, 28, 1)`` uint8
+    with ink 255 and background 0."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image[..., 0] if image.ndim == 3 else image)
+    image = image.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    return (255 - np.asarray(image, dtype=np.uint8))[:, :, None]
+
+
+def _read_png(archive: zipfile.ZipFile, member: str) -> np.ndarray:
     from PIL import Image
 
     with archive.open(member) as f:
-        image = Image.open(f).convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
-    # Ink is 1, background 0 (the files are black ink on white).
-    return (255 - np.asarray(image, dtype=np.uint8))[:, :, None]
+        return _resized(Image.open(f))
 
 
 class OmniglotZips(tfds.core.GeneratorBasedBuilder):
@@ -103,7 +112,7 @@ class OmniglotZips(tfds.core.GeneratorBasedBuilder):
                     yield (
                         member,
                         {
-                            "image": _resized(archive, member),
+                            "image": _read_png(archive, member),
                             "label": np.int32(label[(a, c)]),
                             "alphabet": np.int32(alphabet[a]),
                         },
@@ -125,30 +134,62 @@ def prepare(manual_dir: str, data_dir: str) -> OmniglotZips:
     return builder
 
 
+def classes_from_examples(source, split: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Groups a random-access sequence of examples (dicts with ``image``, ``label``,
+    ``alphabet``; any image size, black ink on white or already 28x28 ink-on-black uint8) into
+    ``(classes, 20, 28, 28, 1)`` uint8 images (ink 255; `metax.data.fewshot` scales them),
+    classes in label order, and the ``(classes,)`` alphabet index of each class."""
+    examples = [source[i] for i in range(len(source))]
+    labels = np.array([int(e["label"]) for e in examples])
+    order = np.argsort(labels, kind="stable")
+    classes, counts = np.unique(labels, return_counts=True)
+    if not np.all(counts == DRAWINGS_PER_CHARACTER):
+        raise ValueError(
+            f"Omniglot split {split!r} has characters with {sorted(set(counts))} drawings; "
+            f"expected {DRAWINGS_PER_CHARACTER} each."
+        )
+
+    def image(e):
+        x = np.asarray(e["image"], dtype=np.uint8)
+        return x if x.shape == (IMAGE_SIZE, IMAGE_SIZE, 1) else _resized(x)
+
+    images = np.stack([image(examples[i]) for i in order])
+    alphabets = np.array(
+        [int(examples[order[i * DRAWINGS_PER_CHARACTER]]["alphabet"]) for i in range(len(classes))]
+    )
+    return images.reshape(len(classes), DRAWINGS_PER_CHARACTER, *images.shape[1:]), alphabets
+
+
 def load_classes(builder: OmniglotZips, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All drawings of a prepared split as ``(classes, 20, 28, 28, 1)`` uint8 images (ink 255;
-    `metax.data.fewshot` scales them), classes in label order, with the ``(classes,)`` alphabet
-    index of each class."""
+    """A prepared split of `OmniglotZips` as ``(classes, 20, 28, 28, 1)`` uint8 images and the
+    alphabet of each class (see `classes_from_examples`)."""
     if split not in builder.info.splits:
         raise ValueError(
             f"Split {split!r} is not prepared; prepared: {sorted(builder.info.splits)}."
         )
-    source = builder.as_data_source(split=split)
-    examples = [source[i] for i in range(len(source))]
-    labels = np.array([e["label"] for e in examples])
-    order = np.argsort(labels, kind="stable")
-    images = np.stack([examples[i]["image"] for i in order])
-    classes = np.unique(labels)
-    counts = np.bincount(labels)[classes]
-    if not np.all(counts == DRAWINGS_PER_CHARACTER):
-        raise ValueError(
-            f"Omniglot split {split!r} has characters with {set(counts)} drawings; "
-            f"expected {DRAWINGS_PER_CHARACTER} each."
-        )
-    alphabets = np.array(
-        [examples[order[i * DRAWINGS_PER_CHARACTER]]["alphabet"] for i in range(len(classes))]
-    )
-    return images.reshape(len(classes), DRAWINGS_PER_CHARACTER, *images.shape[1:]), alphabets
+    return classes_from_examples(builder.as_data_source(split=split), split)
+
+
+# Names of the zips' splits in TFDS's standard ``omniglot`` builder.
+STANDARD_TFDS_SPLITS = {
+    "background": "train",
+    "evaluation": "test",
+    "small1": "small1",
+    "small2": "small2",
+}
+
+
+def _prepare_once_per_host(prepare_fn):
+    """Runs ``prepare_fn`` on process 0 first, then on the others: several hosts may share
+    ``data_dir`` (NFS, GCS), and two hosts preparing the same files would race."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return prepare_fn()
+    result = prepare_fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("metax: Omniglot prepared on process 0")
+    return prepare_fn() if result is None else result
 
 
 TFDS_DIR_ENV = "METAX_TFDS_DIR"
@@ -166,32 +207,63 @@ def _default(path: str | None, env: str, fallback: str | None) -> str:
     return os.path.expanduser(path)
 
 
-def omniglot_classes(
-    mode: str, splits: str, manual_dir: str | None = None, data_dir: str | None = None
-) -> np.ndarray:
-    """The classes of the meta-train (``mode="train"``) or meta-test (``"test"``) set.
+def _split_loader(source: str, manual_dir: str | None, data_dir: str | None):
+    """``split -> (classes, alphabets)`` for the zips' split names, from either source."""
+    data_dir = _default(data_dir, TFDS_DIR_ENV, "~/tensorflow_datasets")
+    if source == "zips":
+        manual_dir = _default(manual_dir, DATA_DIR_ENV, None)
+        builder = _prepare_once_per_host(lambda: prepare(manual_dir, data_dir))
+        return lambda split: load_classes(builder, split)
+    if source == "tfds":
 
-    ``splits="standard"``: background + evaluation zips (1,623 characters in label order), the
-    first 1,200 for meta-training and the rest for meta-testing (Vinyals et al., 2016).
-    ``splits="minimal"``: meta-train on all characters of ``small1`` (5 alphabets), meta-test
-    on the characters of ``small2``'s alphabets that are not in ``small1`` (3 alphabets).
+        def load(split):
+            data = _prepare_once_per_host(
+                lambda: tfds.data_source(
+                    "omniglot",
+                    split=STANDARD_TFDS_SPLITS[split],
+                    data_dir=data_dir,
+                    builder_kwargs={"file_format": "array_record"},
+                )
+            )
+            return classes_from_examples(data, split)
+
+        return load
+    raise ValueError(f"omniglot source must be 'zips' or 'tfds', got {source!r}.")
+
+
+def omniglot_classes(
+    mode: str,
+    splits: str,
+    source: str = "zips",
+    manual_dir: str | None = None,
+    data_dir: str | None = None,
+) -> np.ndarray:
+    """The classes of the meta-train (``mode="train"``) or meta-test (``"test"``) set, as
+    ``(classes, 20, 28, 28, 1)`` uint8 images.
+
+    ``splits="standard"``: background + evaluation (1,623 characters, background's first, each
+    in label order), the first 1,200 for meta-training and the rest for meta-testing
+    (Vinyals et al., 2016). ``splits="minimal"``: meta-train on all characters of ``small1``
+    (5 alphabets), meta-test on the characters of ``small2``'s alphabets that are not in
+    ``small1`` (3 alphabets).
+
+    ``source="zips"``: prepared offline by `OmniglotZips` from the zips in ``manual_dir``.
+    ``source="tfds"``: TFDS's standard ``omniglot`` builder, which downloads the same zips
+    (online machines; preparing it needs TensorFlow, reading it does not).
     """
     if mode not in ("train", "test") or splits not in ("standard", "minimal"):
         raise ValueError(
             f"omniglot mode must be 'train' or 'test' and splits 'standard' or "
             f"'minimal', got {mode!r} and {splits!r}."
         )
-    builder = prepare(
-        _default(manual_dir, DATA_DIR_ENV, None),
-        _default(data_dir, TFDS_DIR_ENV, "~/tensorflow_datasets"),
-    )
+    load = _split_loader(source, manual_dir, data_dir)
     if splits == "minimal":
-        small1, alphabets1 = load_classes(builder, "small1")
+        small1, alphabets1 = load("small1")
         if mode == "train":
             return small1
-        small2, alphabets2 = load_classes(builder, "small2")
+        small2, alphabets2 = load("small2")
         return small2[~np.isin(alphabets2, alphabets1)]
-    images = np.concatenate([load_classes(builder, s)[0] for s in ("background", "evaluation")])
+    images = np.concatenate([load(s)[0] for s in ("background", "evaluation")])
     if mode == "train":
         return images[:STANDARD_TRAIN_CHARACTERS]
     return images[STANDARD_TRAIN_CHARACTERS:]
@@ -205,12 +277,15 @@ def omniglot(
     shots: int = 1,
     queries: int = 15,
     rotations: bool = True,
+    source: str = "zips",
     manual_dir: str | None = None,
     data_dir: str | None = None,
 ) -> TaskSampler:
     """N-way K-shot Omniglot episodes (28x28, rotations as extra classes as in the MAML paper)
-    sampled on device; see `omniglot_classes` for the splits. The dataset is prepared once
-    from the zips in ``manual_dir`` (or ``$METAX_OMNIGLOT_DIR``) into ``data_dir`` (or
-    ``$METAX_TFDS_DIR``, default ``~/tensorflow_datasets``); nothing is downloaded."""
-    classes = omniglot_classes(mode, splits, manual_dir, data_dir)
+    sampled on device; see `omniglot_classes` for the splits and sources. By default the
+    dataset is prepared once, offline, from the zips in ``manual_dir`` (or
+    ``$METAX_OMNIGLOT_DIR``) into ``data_dir`` (or ``$METAX_TFDS_DIR``, default
+    ``~/tensorflow_datasets``); nothing is downloaded unless ``source="tfds"``. Every host
+    loads the whole split (any task may draw any class) and samples only its own tasks."""
+    classes = omniglot_classes(mode, splits, source, manual_dir, data_dir)
     return fewshot(classes, ways=ways, shots=shots, queries=queries, rotations=rotations)

@@ -9,6 +9,7 @@ import optax
 
 from metax.data.base import MetaBatch
 from metax.learner.inner import make_evaluate
+from metax.module.base import MetaModel
 from metax.types import Array, Metrics, Params, PRNGKey, State
 
 
@@ -35,11 +36,14 @@ class Learner(NamedTuple):
     * ``evaluate(state, meta_batch, rng, num_inner_steps) -> metrics``: adapts each task with
       ``num_inner_steps`` (a static int) inner steps and returns per-task metrics of the query
       set, each of shape ``(tasks,)``.
+    * ``meta_model``: the `MetaModel` it meta-learns (lets the training loop check, before
+      compiling, that the model fits the tasks' data); may be None for a custom learner.
     """
 
     init: Callable[[PRNGKey, MetaBatch], MetaState]
     meta_step: Callable[[MetaState, MetaBatch, PRNGKey], tuple[MetaState, Metrics]]
     evaluate: Callable[..., Metrics]
+    meta_model: MetaModel | None = None
 
 
 def prefix(metrics: Metrics, name: str) -> Metrics:
@@ -138,4 +142,5 @@ def gradient_learner(
         init,
         averaged_meta_step(task_meta_grad, outer_optimizer),
         make_evaluate(meta_model, inner_optimizer, inner_batch_size),
+        meta_model,
     )

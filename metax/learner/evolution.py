@@ -109,4 +109,6 @@ def evolution(
         )
         return new_state, metrics
 
-    return Learner(init, meta_step, make_evaluate(meta_model, inner_optimizer, inner_batch_size))
+    return Learner(
+        init, meta_step, make_evaluate(meta_model, inner_optimizer, inner_batch_size), meta_model
+    )

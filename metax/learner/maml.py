@@ -77,4 +77,6 @@ def maml(
         metrics["meta_grad_norm"] = optax.tree.norm(meta_grads)
         return apply_outer_update(outer_optimizer, state, meta_grads), metrics
 
-    return Learner(init, meta_step, make_evaluate(meta_model, inner_optimizer, inner_batch_size))
+    return Learner(
+        init, meta_step, make_evaluate(meta_model, inner_optimizer, inner_batch_size), meta_model
+    )

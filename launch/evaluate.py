@@ -1,0 +1,65 @@
+r"""Evaluates a run's latest (or a given) checkpoint on held-out tasks, with the run's config.
+
+  python -m launch.evaluate --workdir=runs/my_run [--num_tasks=600] [--step=5000] \
+      [--gin_bindings='train.eval_inner_steps=(1, 10)']
+
+Reads the config stored in the workdir (the latest ``config.<n>.gin``, else ``config.gin``),
+applies the bindings, restores the checkpoint (only complete ones: safe on a run that is still
+going), evaluates on the same held-out tasks as the run's own evaluation, prints the metrics
+(mean and 95% half-width per metric) as JSON and writes them to
+``<workdir>/eval_step_<step>.json``.
+"""
+
+import json
+import os
+import sys
+
+import gin
+from absl import app, flags, logging
+
+from launch.common import (
+    CONFIGS_DIR,
+    USER_ERRORS,
+    QuietLibraries,
+    gin_error_message,
+    initialize_distributed,
+    user_message,
+)
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder.", required=True)
+_NUM_TASKS = flags.DEFINE_integer(
+    "num_tasks", None, "Held-out tasks to evaluate on (default: the run's train.eval_num_tasks)."
+)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [], "Bindings applied after the stored config, e.g. 'train.seed=1'."
+)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(QuietLibraries())
+    import metax.train
+    from metax import workdir as run_dir
+
+    workdir = os.path.abspath(_WORKDIR.value)
+    config = run_dir.stored_config(workdir) if os.path.isdir(workdir) else None
+    if config is None:
+        sys.exit(f"Error: {workdir} holds no metax run (no config.gin); pass a run's --workdir.")
+    gin.add_config_file_search_path(CONFIGS_DIR)
+    try:
+        gin.parse_config(config)
+        gin.parse_config_files_and_bindings([], _GIN_BINDINGS.value, skip_unknown=False)
+    except (ValueError, KeyError, SyntaxError, OSError) as error:
+        sys.exit(f"Error in the gin config: {gin_error_message(error)}")
+    initialize_distributed()
+    try:
+        results = metax.train.evaluate_run(workdir, num_tasks=_NUM_TASKS.value, step=_STEP.value)
+    except USER_ERRORS as error:
+        sys.exit(f"Error: {user_message(error)}")
+    print(json.dumps(results, sort_keys=True), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,208 @@
+"""A run's folder: it must be writable, it keeps the config the run was started with (a resume
+with another config is refused unless allowed), and its checkpoints survive corruption."""
+
+import collections
+import os
+import shutil
+import tempfile
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from gin import config_parser
+
+CONFIG = "config.gin"
+CHECKPOINTS = "checkpoints"
+CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
+# Bindings a resumed run may change freely: they say how long to run and how often to report,
+# not what is computed at each step.
+SCHEDULE_BINDINGS = frozenset(
+    {
+        "train.num_steps",
+        "train.log_every",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.max_checkpoints_to_keep",
+    }
+)
+
+
+class ConfigChangedError(ValueError):
+    """Resuming a workdir with a config that differs from the stored one."""
+
+
+def check_writable(workdir: str) -> None:
+    """Creates ``workdir`` if needed; raises a PermissionError naming it unless a file can be
+    written there (checked before any compilation, so a bad path fails in seconds)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"Cannot write to the workdir {workdir!r} ({error.strerror or error}). "
+            f"Pass a --workdir where this user can create files."
+        ) from None
+
+
+class _Placeholders(config_parser.ParserDelegate):
+    """Parses a config without looking anything up: references and macros become strings."""
+
+    def configurable_reference(self, scoped_name: str, evaluate: bool) -> str:
+        return f"@{scoped_name}{'()' if evaluate else ''}"
+
+    def macro(self, macro_name: str) -> str:
+        return f"%{macro_name}"
+
+
+def bindings(config_text: str) -> dict[str, str]:
+    """``{"scope/configurable.parameter": value}`` of a gin config text (macros: ``{"NAME":
+    value}``), values as canonical strings."""
+    result = {}
+    for statement in config_parser.ConfigParser(config_text, _Placeholders()):
+        if isinstance(statement, config_parser.BindingStatement):
+            scope = f"{statement.scope}/" if statement.scope else ""
+            name = ".".join(filter(None, (statement.selector, statement.arg_name)))
+            result[scope + name] = repr(statement.value)
+    return result
+
+
+def config_diff(old: str, new: str, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Lines ``name: old -> new`` for every binding that differs (added, removed or changed),
+    sorted, leaving out the names in ``ignore``."""
+    before, after = bindings(old), bindings(new)
+    missing = "(unset)"
+    return [
+        f"{name}: {before.get(name, missing)} -> {after.get(name, missing)}"
+        for name in sorted(before.keys() | after.keys())
+        if before.get(name) != after.get(name) and name not in ignore
+    ]
+
+
+def stored_config(workdir: str) -> str | None:
+    """The config the run in ``workdir`` last resumed with: the highest ``config.<n>.gin``,
+    else ``config.gin``; None for a new workdir."""
+    numbered = [f for f in os.listdir(workdir) if f.startswith("config.") and f.endswith(".gin")]
+    numbered = [f for f in numbered if f[len("config.") : -len(".gin")].isdigit()]
+    if numbered:
+        name = max(numbered, key=lambda f: int(f[len("config.") : -len(".gin")]))
+    elif os.path.exists(os.path.join(workdir, CONFIG)):
+        name = CONFIG
+    else:
+        return None
+    with open(os.path.join(workdir, name)) as f:
+        return f.read()
+
+
+def check_and_store_config(workdir: str, config: str, allow_change: bool) -> None:
+    """Stores ``config`` as ``config.gin`` in a new workdir. In a workdir that holds a run,
+    raises a ConfigChangedError listing the changed bindings, unless they are schedule
+    bindings (`SCHEDULE_BINDINGS`) or ``allow_change``; a changed config is stored beside the
+    old ones as ``config.<n>.gin``, never over them."""
+    old = stored_config(workdir)
+    if old is None:
+        _write_once(os.path.join(workdir, CONFIG), config)
+        return
+    changed = config_diff(old, config, ignore=SCHEDULE_BINDINGS)
+    if changed and not allow_change:
+        lines = "\n  ".join(changed)
+        raise ConfigChangedError(
+            f"The run in {workdir} was started with another config; changed bindings:\n"
+            f"  {lines}\n"
+            f"Resume with the stored config (see {os.path.join(workdir, CONFIG)}), use a new "
+            f"--workdir, or pass --allow_config_change to resume with the new one."
+        )
+    all_changes = config_diff(old, config)
+    if all_changes:
+        n = 1
+        while os.path.exists(os.path.join(workdir, f"config.{n}.gin")):
+            n += 1
+        _write_once(os.path.join(workdir, f"config.{n}.gin"), config)
+        logging.warning(
+            "Resuming with a changed config, stored as config.%d.gin: %s", n, "; ".join(all_changes)
+        )
+
+
+def _write_once(path: str, text: str) -> None:
+    if jax.process_index() == 0 and not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(text)
+
+
+def checkpoint_manager(workdir: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
+    """Orbax's manager of ``workdir/checkpoints``: a checkpoint is written to a temporary folder
+    and renamed when complete, so a killed save never shows up as a step."""
+    return ocp.CheckpointManager(
+        os.path.join(workdir, CHECKPOINTS),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_handlers=ocp.StandardCheckpointHandler(),
+    )
+
+
+def _shapes(tree) -> collections.Counter:
+    """How many arrays of each shape: comparable between a checkpoint's metadata (where
+    NamedTuples became lists) and a state."""
+    return collections.Counter(tuple(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state, set_aside: bool = True, step: int | None = None
+):
+    """``(state, step)`` from the latest readable checkpoint (or exactly ``step``), placed as
+    ``abstract_state`` says (shapes, dtypes, shardings); ``(None, None)`` if there is none.
+
+    An unreadable checkpoint (truncated or damaged files) is skipped with a warning and, if
+    ``set_aside``, moved to ``workdir/corrupt_checkpoints/<step>`` (never deleted) so the run
+    can write that step again. A readable checkpoint whose arrays have other shapes than
+    ``abstract_state`` (the config changed the model) raises a ValueError and stays in place.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+        if step not in steps:
+            raise FileNotFoundError(
+                f"No complete checkpoint of step {step} in {manager.directory}; "
+                f"complete ones: {sorted(steps)}."
+            )
+        steps = [step]
+    for candidate in steps:
+        try:
+            stored = _shapes(dict(manager.item_metadata(candidate)))
+            stored = stored if stored else None
+        except Exception:  # noqa: BLE001 (unreadable metadata: the restore below decides)
+            stored = None
+        if stored is not None and stored != _shapes(abstract_state):
+            raise ValueError(
+                f"The checkpoint of step {candidate} in {manager.directory} holds arrays of "
+                f"other shapes than this config's model and learner (the config changed the "
+                f"model); use a new --workdir for it."
+            )
+        try:
+            restored = manager.restore(candidate, args=ocp.args.StandardRestore(abstract_state))
+            return restored, candidate
+        except Exception as error:  # noqa: BLE001 (any failure to read means: unreadable)
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            logging.warning(
+                "The checkpoint of step %d is unreadable (%s); falling back to the one before.",
+                candidate,
+                reason,
+            )
+            if set_aside:
+                _set_aside(manager, candidate)
+    return None, None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+    from jax.experimental import multihost_utils
+
+    source = os.path.join(str(manager.directory), str(step))
+    target_dir = os.path.join(os.path.dirname(str(manager.directory)), CORRUPT_CHECKPOINTS)
+    if jax.process_index() == 0:
+        os.makedirs(target_dir, exist_ok=True)
+        target = os.path.join(target_dir, str(step))
+        while os.path.exists(target):
+            target += "_"
+        shutil.move(source, target)
+        logging.warning("Moved the unreadable checkpoint to %s.", target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"metax: checkpoint {step} set aside")
+    manager.reload()

@@ -1,0 +1,249 @@
+"""Runs that survive: SIGKILL, SIGTERM, corrupted and partial checkpoints, config changes on
+resume, non-finite updates, and evaluating a run from its workdir."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+STEPS = 200  # Long enough (several seconds) to be killed at a random moment.
+RUN = [
+    f"train.num_steps = {STEPS}",
+    "train.meta_batch_size = 4",
+    "train.log_every = 5",
+    f"train.eval_every = {STEPS}",
+    "train.checkpoint_every = 5",
+    "train.max_checkpoints_to_keep = 2",
+    "train.eval_num_tasks = 8",
+    "train.eval_batch_size = 4",
+    "train.eval_inner_steps = (1, 2)",
+]
+
+
+def command(workdir, bindings=(), flags=(), module="launch.train"):
+    args = [sys.executable, "-m", module, f"--workdir={workdir}", *flags]
+    if module == "launch.train":
+        args.append("--gin_file=configs/maml_sinusoid_quick.gin")
+        args += [f"--gin_bindings={b}" for b in (*RUN, *bindings)]
+    return args
+
+
+def run(workdir, bindings=(), flags=(), module="launch.train", ok=True):
+    result = subprocess.run(
+        command(workdir, bindings, flags, module),
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if ok:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def final_metrics(workdir) -> dict:
+    metrics = json.loads((workdir / "final_metrics.json").read_text())
+    metrics.pop("wall_time_s")
+    return metrics
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    folder = workdir / "checkpoints"
+    return sorted(int(s) for s in os.listdir(folder) if s.isdigit()) if folder.exists() else []
+
+
+def meta_params(workdir, step):
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(workdir / "checkpoints" / str(step) / "default")["meta_params"]
+
+
+def assert_trees_equal(a, b):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_trees_equal(a[key], b[key])
+        else:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    run(workdir)
+    return workdir
+
+
+def start(workdir, bindings=()):
+    log = open(workdir.parent / f"{workdir.name}.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        command(workdir, bindings), cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT
+    )
+    return process, workdir.parent / f"{workdir.name}.log"
+
+
+def wait_for(condition, process, timeout=240):
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, "the run ended before the test could interrupt it"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_sigkill_at_a_random_step_then_resume_ends_bitwise_equal(uninterrupted, tmp_path):
+    """Killed (SIGKILL) as soon as a checkpoint at or past a random step exists, i.e. while it
+    computes (or saves) the steps after it; the same command then resumes from the last
+    complete checkpoint and ends bitwise equal."""
+    workdir = tmp_path / "killed"
+    target = random.randrange(5, STEPS - 20, 5)
+    process, _ = start(workdir)
+    wait_for(lambda: checkpoint_steps(workdir)[-1:] >= [target], process)
+    process.kill()
+    process.wait()
+    killed_at = checkpoint_steps(workdir)
+    assert killed_at[-1] < STEPS, (target, killed_at)  # Killed mid-run.
+    resumed = run(workdir)
+    assert f"Resumed from the checkpoint of step {killed_at[-1]}" in resumed.stderr
+    assert final_metrics(workdir) == final_metrics(uninterrupted)
+    assert_trees_equal(meta_params(workdir, STEPS), meta_params(uninterrupted, STEPS))
+
+
+def test_sigterm_saves_the_current_step_and_exits_0(uninterrupted, tmp_path):
+    workdir = tmp_path / "preempted"
+    process, log = start(workdir, ["train.num_steps = 100000", "train.checkpoint_every = 1000"])
+    wait_for(lambda: "Training from step 0" in log.read_text(), process)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
+    (step,) = checkpoint_steps(workdir)  # Saved at the current step, not a periodic one.
+    assert 0 < step < 1000
+    assert (
+        f"Received SIGTERM at step {step}: saved the checkpoint of step {step}" in log.read_text()
+    )
+    resumed = run(workdir, [f"train.num_steps = {step + 3}", "train.checkpoint_every = 1000"])
+    assert f"Resumed from the checkpoint of step {step}" in resumed.stderr
+    assert f"Training from step {step} to {step + 3}" in resumed.stderr
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(uninterrupted, tmp_path):
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(uninterrupted, workdir)
+    assert checkpoint_steps(workdir) == [STEPS - 5, STEPS]
+    latest = workdir / "checkpoints" / str(STEPS)
+    files = [os.path.join(root, f) for root, _, names in os.walk(latest) for f in names]
+    damaged = max(files, key=os.path.getsize)
+    with open(damaged, "r+b") as f:
+        f.truncate(os.path.getsize(damaged) // 2)
+    # A save killed half-way leaves only orbax's temporary folder: never taken for a step.
+    shutil.copytree(
+        workdir / "checkpoints" / str(STEPS - 5),
+        workdir / "checkpoints" / f"{STEPS + 5}.orbax-checkpoint-tmp-1",
+    )
+    resumed = run(workdir, [f"train.num_steps = {STEPS + 5}"])
+    assert f"The checkpoint of step {STEPS} is unreadable" in resumed.stderr
+    assert f"Resumed from the checkpoint of step {STEPS - 5}" in resumed.stderr
+    assert (workdir / "corrupt_checkpoints" / str(STEPS)).exists()  # Set aside, not deleted.
+    assert checkpoint_steps(workdir) == [STEPS, STEPS + 5]
+    # The last 5 steps were replayed: the same meta-parameters as the uninterrupted run's.
+    assert_trees_equal(meta_params(workdir, STEPS), meta_params(uninterrupted, STEPS))
+
+
+def test_resume_with_another_config_is_refused_with_a_diff(uninterrupted, tmp_path):
+    workdir = tmp_path / "changed"
+    shutil.copytree(uninterrupted, workdir)
+    stored = (workdir / "config.gin").read_text()
+    refused = run(workdir, ["train.seed = 1", "outer/optax.adam.learning_rate = 0.01"], ok=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "was started with another config; changed bindings:" in refused.stderr
+    assert "outer/adam.learning_rate: 0.001 -> 0.01" in refused.stderr
+    assert "train.seed: 0 -> 1" in refused.stderr
+    assert "--allow_config_change" in refused.stderr
+    assert checkpoint_steps(workdir) == [STEPS - 5, STEPS]
+    assert not (workdir / "config.1.gin").exists()
+    allowed = run(
+        workdir, ["train.seed = 1", f"train.num_steps = {STEPS + 1}"], ["--allow_config_change"]
+    )
+    assert f"Resumed from the checkpoint of step {STEPS}" in allowed.stderr
+    assert (workdir / "config.gin").read_text() == stored  # Never overwritten.
+    assert "train.seed = 1" in (workdir / "config.1.gin").read_text()
+
+
+def test_nonfinite_update_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
+    workdir = tmp_path / "diverged"
+    shutil.copytree(uninterrupted, workdir)
+    good = (workdir / "checkpoints" / str(STEPS)).stat().st_mtime
+    params = meta_params(workdir, STEPS)
+    diverging = ["inner/optax.sgd.learning_rate = 1e30", f"train.num_steps = {STEPS + 10}"]
+    failed = run(workdir, diverging, flags=["--allow_config_change"], ok=False)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: Non-finite ") and f"at meta-step {STEPS + 1}" in line
+    assert f"the last checkpoint, of step {STEPS}, is intact" in line
+    assert checkpoint_steps(workdir) == [STEPS - 5, STEPS]
+    assert (workdir / "checkpoints" / str(STEPS)).stat().st_mtime == good
+    assert_trees_equal(meta_params(workdir, STEPS), params)
+    skipping = run(workdir, [*diverging, "train.skip_nonfinite = True"], ["--allow_config_change"])
+    assert skipping.returncode == 0
+    metrics = json.loads((workdir / "final_metrics.json").read_text())
+    assert metrics["train/skipped_steps"] == 5  # Every step of the last log interval.
+    assert_trees_equal(meta_params(workdir, STEPS + 10), params)  # No update was applied.
+
+
+def test_evaluate_a_finished_run_reproduces_its_final_evaluation(uninterrupted, tmp_path):
+    workdir = tmp_path / "evaluated"
+    shutil.copytree(uninterrupted, workdir)
+    # A save in progress (a temporary folder) is ignored: only complete checkpoints are read.
+    shutil.copytree(
+        workdir / "checkpoints" / str(STEPS - 5),
+        workdir / "checkpoints" / f"{STEPS + 10}.orbax-checkpoint-tmp-7",
+    )
+    result = run(workdir, module="launch.evaluate")
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = {k: v for k, v in final_metrics(uninterrupted).items() if k.startswith("eval/")}
+    assert printed == {"step": float(STEPS), **expected}
+    assert json.loads((workdir / f"eval_step_{STEPS}.json").read_text()) == printed
+    older = run(workdir, flags=[f"--step={STEPS - 5}", "--num_tasks=4"], module="launch.evaluate")
+    assert json.loads(older.stdout.strip().splitlines()[-1])["eval/num_tasks"] == 4
+    missing = run(tmp_path / "nothing", module="launch.evaluate", ok=False)
+    assert missing.returncode != 0 and "holds no metax run" in missing.stderr
+
+
+def test_evolution_strategy_state_resumes_exactly(tmp_path):
+    """The evosax strategy state is part of the checkpoint: a run resumed from step 5 of 10
+    ends bitwise equal to the uninterrupted one."""
+    bindings = [f"--gin_bindings={b}" for b in (*RUN, "train.num_steps = 10")]
+    args = [sys.executable, "-m", "launch.train", "--gin_file=configs/anil_evolution.gin"]
+    whole = tmp_path / "whole"
+    subprocess.run(
+        [*args, f"--workdir={whole}", *bindings],
+        cwd=REPO,
+        env=ENV,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "10")
+    os.remove(resumed / "final_metrics.json")
+    result = subprocess.run(
+        [*args, f"--workdir={resumed}", *bindings],
+        cwd=REPO,
+        env=ENV,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert "Resumed from the checkpoint of step 5" in result.stderr, result.stderr[-3000:]
+    assert final_metrics(resumed) == final_metrics(whole)
+    assert_trees_equal(meta_params(resumed, 10), meta_params(whole, 10))
