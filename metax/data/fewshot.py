@@ -11,6 +11,7 @@ a further class (Vinyals et al., 2016; the MAML paper), rotated on the fly rathe
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metax.data.base import Dataset, MetaBatch, TaskSampler
 from metax.types import Array, PRNGKey
@@ -47,7 +48,17 @@ def fewshot(
             f"fewshot asks for {shots} shots + {queries} queries per class but the "
             f"split has only {per_class} examples per class."
         )
+    if rotations and images.shape[2] != images.shape[3]:
+        raise ValueError(
+            f"fewshot rotations need square images, got {images.shape[2]}x{images.shape[3]}."
+        )
     images = jnp.asarray(images)
+    # Source pixel (row, col) of output pixel (i, j) after k quarter turns (as np.rot90).
+    side = images.shape[2]
+    i, j = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    last = side - 1
+    pixel_rows = jnp.asarray(np.stack([i, j, last - i, last - j]))
+    pixel_cols = jnp.asarray(np.stack([j, last - i, last - j, i]))
 
     def sample_task(rng: PRNGKey) -> MetaBatch:
         k_classes, k_examples = jax.random.split(rng)
@@ -55,10 +66,13 @@ def fewshot(
         keys = jax.random.split(k_examples, ways)
         examples = jax.vmap(lambda k: jax.random.permutation(k, per_class)[: shots + queries])(keys)
         base, quarter_turns = classes % images.shape[0], classes // images.shape[0]
-        chosen = images[base[:, None], examples]  # (ways, shots + queries, h, w, c)
         if rotations:
-            turns = [lambda x, k=k: jnp.rot90(x, k, axes=(1, 2)) for k in range(4)]
-            chosen = jax.vmap(lambda k, x: jax.lax.switch(k, turns, x))(quarter_turns, chosen)
+            # One gather reads each class's pixels already rotated (no per-rotation copies).
+            rows = pixel_rows[quarter_turns][:, None]
+            cols = pixel_cols[quarter_turns][:, None]
+            chosen = images[base[:, None, None, None], examples[:, :, None, None], rows, cols]
+        else:
+            chosen = images[base[:, None], examples]  # (ways, shots + queries, h, w, c)
         if chosen.dtype == jnp.uint8:
             chosen = chosen.astype(jnp.float32) / 255.0
         labels = jnp.broadcast_to(

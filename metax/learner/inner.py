@@ -30,6 +30,8 @@ def adapt(
     num_steps: int,
     batch_size: int | None = None,
     accumulate_meta_grads: bool = False,
+    remat: bool = False,
+    backprop_steps: int | None = None,
 ) -> tuple[Params, State, Metrics]:
     """Runs ``num_steps`` steps of ``optimizer`` minimizing ``energy_fn`` over ``params``.
 
@@ -41,6 +43,14 @@ def adapt(
     ``loss_before`` (inner energy at the initial params) and ``grad_norm`` (of the first step).
     With ``accumulate_meta_grads`` the metrics also hold ``meta_grads``: the partial gradients
     of the energy w.r.t. ``meta_params`` summed over the steps (buffered Reptile).
+
+    Differentiating through the loop (second-order MAML) keeps every step's activations for
+    the backward pass, so memory grows with ``num_steps``. ``remat=True`` keeps only each
+    step's parameters and recomputes its activations during the backward pass (about one extra
+    forward per step). ``backprop_steps=T`` differentiates exactly through the last ``T`` steps
+    only: earlier steps' gradients are treated as constants (each of those steps has Jacobian
+    I, as in first-order MAML); ``T = num_steps`` (or None) is the exact derivative, ``T = 0``
+    the first-order one.
     """
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
@@ -49,13 +59,21 @@ def adapt(
             f"inner batch_size must be in [1, {data.x.shape[0]}] (the support set size), "
             f"got {batch_size}."
         )
+    if backprop_steps is not None and not 0 <= backprop_steps <= num_steps:
+        raise ValueError(
+            f"backprop_steps must be in [0, num_steps={num_steps}], got {backprop_steps}."
+        )
     argnums = (1, 0) if accumulate_meta_grads else 1
     grad_fn = jax.value_and_grad(energy_fn, argnums=argnums, has_aux=True)
 
-    def step(carry, key):
+    def step(carry, inputs):
+        key, exact = inputs
         params, state, opt_state, meta_grads = carry
         batch = data if batch_size is None else minibatch(key, data, batch_size)
         (loss, (state, _)), grads = grad_fn(meta_params, params, state, key, batch)
+        if backprop_steps is not None:
+            # Derivative through g where exact, zero where not: the step's Jacobian is I.
+            grads = jax.tree.map(lambda g: jnp.where(exact, g, jax.lax.stop_gradient(g)), grads)
         if accumulate_meta_grads:
             grads, partial = grads
             meta_grads = jax.tree.map(jnp.add, meta_grads, partial)
@@ -71,16 +89,50 @@ def adapt(
             metrics["meta_grads"] = meta_grads
         return params, state, metrics
     carry = (params, state, optimizer.init(params), meta_grads)
+    exact = jnp.arange(num_steps) >= num_steps - (
+        num_steps if backprop_steps is None else backprop_steps
+    )
     # Short loops are unrolled: XLA then fuses across steps, and on CPU a while loop's
     # per-iteration cost dominates small models (W1 benchmark: 0.70x -> 0.95x of hand-written).
     unroll = num_steps <= MAX_UNROLLED_STEPS
     (params, state, _, meta_grads), (losses, grad_norms) = jax.lax.scan(
-        step, carry, jax.random.split(rng, num_steps), unroll=unroll
+        jax.checkpoint(step) if remat else step,
+        carry,
+        (jax.random.split(rng, num_steps), exact),
+        unroll=unroll,
     )
     metrics = {"loss_before": losses[0], "grad_norm": grad_norms[0]}
     if accumulate_meta_grads:
         metrics["meta_grads"] = meta_grads
     return params, state, metrics
+
+
+def map_tasks(fn: Callable, *args, task_chunk: int | None = None):
+    """``fn`` applied to every task of ``args`` (pytrees with a leading task axis of size n).
+
+    ``task_chunk=None``: `jax.vmap` over all n tasks at once (best on TPU/GPU). ``task_chunk=k``
+    (a divisor of n): `jax.lax.map` over n / k chunks of k tasks, each chunk vmapped, so only
+    k tasks' activations are alive at a time and, with k = 1, each task's convolutions stay
+    ordinary ones (under vmap, per-task kernels make them grouped convolutions, slow on
+    XLA:CPU). Task i of chunk j is task ``i * n / k + j``: under sharding the chunks split over
+    devices like the task axis does, so no data moves between devices. Same results as vmap
+    up to float summation order.
+    """
+    if task_chunk is None:
+        return jax.vmap(fn)(*args)
+    n = jax.tree.leaves(args)[0].shape[0]
+    if task_chunk < 1 or n % task_chunk:
+        raise ValueError(f"task_chunk must divide the {n} tasks of the batch, got {task_chunk}.")
+    steps = n // task_chunk
+
+    def to_chunks(x):
+        return jnp.swapaxes(x.reshape(task_chunk, steps, *x.shape[1:]), 0, 1)
+
+    def from_chunks(y):
+        return jnp.swapaxes(y, 0, 1).reshape(n, *y.shape[2:])
+
+    outputs = jax.lax.map(lambda chunk: jax.vmap(fn)(*chunk), jax.tree.map(to_chunks, args))
+    return jax.tree.map(from_chunks, outputs)
 
 
 def stop_gradient_through_adaptation(initial: Params, adapted: Params) -> Params:
@@ -104,6 +156,8 @@ def adapt_task(
     batch_size: int | None = None,
     accumulate_meta_grads: bool = False,
     first_order: bool = False,
+    remat: bool = False,
+    backprop_steps: int | None = None,
 ) -> tuple[Params, Params, State, Metrics]:
     """Resets a task from the meta-parameters and adapts it on ``data`` (its inner energy).
 
@@ -111,7 +165,8 @@ def adapt_task(
     the task's model state after adaptation, and `adapt`'s metrics plus ``loss_after`` (the
     inner energy at the adapted parameters, not differentiated). With ``first_order`` the
     adaptation is not differentiated: ``params`` carries the derivative of ``params_0``
-    (d params / d params_0 = I), as first-order MAML needs.
+    (d params / d params_0 = I), as first-order MAML needs. ``remat`` and ``backprop_steps``:
+    see `adapt`.
     """
     k_reset, k_inner, k_after = jax.random.split(rng, 3)
     params_0, state = meta_model.reset(k_reset, meta_params, model_state)
@@ -130,6 +185,8 @@ def adapt_task(
         num_steps,
         batch_size,
         accumulate_meta_grads,
+        remat,
+        backprop_steps,
     )
     if first_order:
         params = stop_gradient_through_adaptation(params_0, params)
@@ -149,6 +206,8 @@ def adapt_and_score(
     num_steps: int,
     batch_size: int | None = None,
     first_order: bool = False,
+    remat: bool = False,
+    backprop_steps: int | None = None,
 ) -> tuple[Array, Metrics, Metrics]:
     """Adapts one task on its support set (`adapt_task`) and evaluates the outer energy on its
     query set. Returns ``(outer_loss, inner_metrics, outer_metrics)``; differentiable in
@@ -164,6 +223,8 @@ def adapt_and_score(
         num_steps,
         batch_size,
         first_order=first_order,
+        remat=remat,
+        backprop_steps=backprop_steps,
     )
     loss, (_, outer_metrics) = meta_model.outer_energy(
         meta_params, params, state, k_outer, task.test
@@ -175,9 +236,11 @@ def make_evaluate(
     meta_model: MetaModel,
     optimizer: optax.GradientTransformation,
     batch_size: int | None = None,
+    task_chunk: int | None = None,
 ) -> Callable[..., Metrics]:
     """The ``evaluate`` of a gradient learner: adapt each task on its support set with
-    ``num_inner_steps`` steps, return the outer energy's metrics of its query set per task."""
+    ``num_inner_steps`` steps, return the outer energy's metrics of its query set per task
+    (tasks mapped as `map_tasks` says)."""
 
     def evaluate(state, meta_batch: MetaBatch, rng: PRNGKey, num_inner_steps: int) -> Metrics:
         def one_task(task, key):
@@ -193,6 +256,7 @@ def make_evaluate(
             )[2]
 
         keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_tasks(meta_batch)))
-        return jax.vmap(one_task)(meta_batch, keys)
+        chunk = task_chunk if task_chunk and num_tasks(meta_batch) % task_chunk == 0 else None
+        return map_tasks(one_task, meta_batch, keys, task_chunk=chunk)
 
     return evaluate

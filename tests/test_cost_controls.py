@@ -1,0 +1,171 @@
+"""Cost controls give the same meta-gradient (remat, task chunks), truncated backpropagation
+has its closed form, and a run compiles its meta-step once."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from gradcheck import meta_gradient
+from jax.flatten_util import ravel_pytree
+from test_maml import ALPHA, linear_regression_batch
+
+from metax import data, energy, learner, module, nn, sharding
+
+# The event JAX records once per XLA compilation (jax._src.dispatch.BACKEND_COMPILE_EVENT).
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def flat(tree):
+    return np.asarray(ravel_pytree(tree)[0])
+
+
+def tanh_maml(outer=None, **kwargs):
+    return learner.maml(
+        module.learned_init(nn.mlp([16, 16], 1, activation=jnp.tanh)),
+        optax.sgd(0.05),
+        outer or optax.scale(1.0),
+        **kwargs,
+    )
+
+
+def conv_maml(**kwargs):
+    model = nn.sequential(body=nn.conv4(num_channels=4, pooling="max"), head=nn.linear(3))
+    return learner.maml(
+        module.learned_init(model, loss_fn=energy.cross_entropy),
+        optax.sgd(0.4),
+        optax.scale(1.0),
+        **kwargs,
+    )
+
+
+def image_batch(num_tasks=8):
+    images = np.random.default_rng(0).integers(0, 256, (10, 6, 16, 16, 1), dtype=np.uint8)
+    sampler = data.fewshot(images, ways=3, shots=2, queries=2)
+    batch = data.sample_meta_batch(sampler, jax.random.key(0), num_tasks)
+    # In float64 when x64 is on (the sampler scales uint8 images to float32).
+    return jax.tree.map(lambda x: x.astype(float) if x.dtype == jnp.float32 else x, batch)
+
+
+@pytest.mark.parametrize("make, batch_fn", [(tanh_maml, None), (conv_maml, image_batch)])
+def test_remat_gives_the_same_meta_gradient(x64, make, batch_fn):
+    batch = (batch_fn or (lambda: data.sample_meta_batch(data.sinusoid(), jax.random.key(1), 8)))()
+    plain = make(num_inner_steps=5)
+    state = plain.init(jax.random.key(0), batch)
+    expected = flat(meta_gradient(plain, state, batch))
+    actual = flat(meta_gradient(make(num_inner_steps=5, remat=True), state, batch))
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-12)
+
+
+def test_truncated_backprop_has_its_closed_form(x64):
+    """Linear regression, K = 4 SGD steps: backpropagating through the last T steps gives
+    (I - alpha A)^T times the outer gradient; T = K is exact MAML, T = 0 first-order MAML."""
+    batch, num_steps = linear_regression_batch(), 4
+
+    def maml(**kwargs):
+        return learner.maml(
+            module.learned_init(nn.linear(1)),
+            optax.sgd(ALPHA),
+            optax.scale(1.0),
+            num_inner_steps=num_steps,
+            **kwargs,
+        )
+
+    state = maml().init(jax.random.key(1), batch)
+    params = state.meta_params["init"]
+    theta = np.concatenate([np.asarray(params["w"]), np.asarray(params["b"])[:, None]])
+    for steps in range(num_steps + 1):
+        expected = []
+        for t in range(batch.train.x.shape[0]):
+            z = np.concatenate([batch.train.x[t], np.ones((batch.train.x.shape[1], 1))], axis=1)
+            z_test = np.concatenate([batch.test.x[t], np.ones((batch.test.x.shape[1], 1))], 1)
+            y, y_test = np.asarray(batch.train.y[t]), np.asarray(batch.test.y[t])
+            a = 2.0 / len(z) * z.T @ z
+            phi = theta.copy()
+            for _ in range(num_steps):
+                phi = phi - ALPHA * (a @ phi - 2.0 / len(z) * z.T @ y)
+            outer = 2.0 / len(z_test) * z_test.T @ (z_test @ phi - y_test)
+            jacobian = np.linalg.matrix_power(np.eye(len(theta)) - ALPHA * a, steps)
+            expected.append(jacobian.T @ outer)
+        grads = meta_gradient(maml(backprop_steps=steps), state, batch)["init"]
+        actual = np.concatenate([np.asarray(grads["w"]), np.asarray(grads["b"])[:, None]])
+        np.testing.assert_allclose(actual, np.mean(expected, 0), rtol=1e-10, atol=1e-12)
+    exact = flat(meta_gradient(maml(), state, batch))
+    first = flat(meta_gradient(maml(first_order=True), state, batch))
+    np.testing.assert_allclose(flat(meta_gradient(maml(backprop_steps=4), state, batch)), exact)
+    np.testing.assert_allclose(flat(meta_gradient(maml(backprop_steps=0), state, batch)), first)
+    with pytest.raises(ValueError, match="backprop_steps must be in"):
+        maml(backprop_steps=5)
+
+
+@pytest.mark.parametrize("task_chunk", [1, 2, 4])
+def test_task_chunks_give_the_same_meta_step_and_evaluation(task_chunk):
+    batch = image_batch(num_tasks=8)
+    plain = conv_maml(num_inner_steps=2)
+    chunked = conv_maml(num_inner_steps=2, task_chunk=task_chunk)
+    state = plain.init(jax.random.key(0), batch)
+    np.testing.assert_allclose(
+        flat(meta_gradient(chunked, state, batch)),
+        flat(meta_gradient(plain, state, batch)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    expected = jax.jit(plain.evaluate, static_argnums=3)(state, batch, jax.random.key(2), 2)
+    actual = jax.jit(chunked.evaluate, static_argnums=3)(state, batch, jax.random.key(2), 2)
+    for key in expected:
+        np.testing.assert_allclose(actual[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_task_chunks_under_sharding_equal_one_device():
+    batch = image_batch(num_tasks=16)
+    maml = conv_maml(num_inner_steps=1, task_chunk=8)
+    state = maml.init(jax.random.key(0), batch)
+    results = []
+    for devices in (jax.devices(), jax.devices()[:1]):
+        mesh = sharding.task_mesh(devices)
+        step = sharding.jit_meta_step(maml, mesh)
+        placed = jax.device_put(jax.tree.map(jnp.copy, state), sharding.replicated(mesh))
+        new_state, _ = step(placed, sharding.shard_meta_batch(batch, mesh), jax.random.key(1))
+        results.append(flat(new_state.meta_params))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_compiles_its_meta_step_once(tmp_path):
+    """Twice the steps and evaluations, the same number of XLA compilations: nothing is
+    recompiled per step, per metric fetch or per evaluation."""
+    import gin
+
+    from metax.train import train
+
+    compilations = []
+
+    def listener(event, duration, **kwargs):
+        if event == BACKEND_COMPILE_EVENT:
+            compilations.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+
+    def count(num_steps, workdir):
+        before = len(compilations)
+        with gin.unlock_config():
+            train(
+                learner=tanh_maml(optax.adam(1e-3), num_inner_steps=1),
+                train_sampler=data.sinusoid(),
+                workdir=str(workdir),
+                meta_batch_size=8,
+                num_steps=num_steps,
+                log_every=5,
+                eval_every=10,
+                checkpoint_every=10,
+                eval_num_tasks=8,
+                eval_inner_steps=(1, 2),
+            )
+        return len(compilations) - before
+
+    try:
+        count(10, tmp_path / "warm-up")  # Eager operations compile once per process.
+        short, long = count(20, tmp_path / "short"), count(40, tmp_path / "long")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    # Per run: init, the meta-step, one evaluation per inner-step count, the first episode.
+    assert short == long == 5
