@@ -11,7 +11,6 @@ going), evaluates on the same held-out tasks as the run's own evaluation, prints
 """
 
 import json
-import os
 import sys
 
 import gin
@@ -43,8 +42,8 @@ def main(argv: list[str]) -> None:
     import metax.train
     from metax import workdir as run_dir
 
-    workdir = os.path.abspath(_WORKDIR.value)
-    config = run_dir.stored_config(workdir) if os.path.isdir(workdir) else None
+    workdir = run_dir.resolve(_WORKDIR.value)
+    config = run_dir.stored_config(workdir)
     if config is None:
         sys.exit(f"Error: {workdir} holds no metax run (no config.gin); pass a run's --workdir.")
     gin.add_config_file_search_path(CONFIGS_DIR)
@@ -55,7 +54,9 @@ def main(argv: list[str]) -> None:
         sys.exit(f"Error in the gin config: {gin_error_message(error)}")
     initialize_distributed()
     try:
-        results = metax.train.evaluate_run(workdir, num_tasks=_NUM_TASKS.value, step=_STEP.value)
+        results = metax.train.evaluate_run(
+            str(workdir), num_tasks=_NUM_TASKS.value, step=_STEP.value
+        )
     except USER_ERRORS as error:
         sys.exit(f"Error: {user_message(error)}")
     print(json.dumps(results, sort_keys=True), flush=True)

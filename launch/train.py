@@ -53,6 +53,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     import metax.train
+    from metax import workdir as run_dir
 
     if jax.process_count() > 1 and not _WORKDIR.value:
         sys.exit(
@@ -60,9 +61,9 @@ def main(argv: list[str]) -> None:
             "(on Cloud TPU a gs:// bucket path)."
         )
     workdir = _WORKDIR.value or default_workdir(_GIN_FILES.value)
-    logging.info("Workdir: %s", os.path.abspath(workdir))
+    logging.info("Workdir: %s", run_dir.resolve(workdir))
     if jax.process_index() == 0:
-        print(f"metax: writing to {os.path.abspath(workdir)}", flush=True)
+        print(f"metax: writing to {run_dir.resolve(workdir)}", flush=True)
     try:
         metax.train.train(workdir=workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
     except USER_ERRORS as error:

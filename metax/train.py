@@ -16,7 +16,6 @@ Running again with the same workdir resumes from the latest checkpoint.
 
 import inspect
 import json
-import os
 import signal
 import threading
 import time
@@ -288,7 +287,7 @@ def train(
     mesh = sharding.task_mesh()
     sharding.check_divisible(meta_batch_size, mesh)
     sharding.check_divisible(eval_batch_size, mesh, what="evaluation batch (train.eval_batch_size)")
-    workdir = os.path.abspath(workdir)
+    workdir = run_dir.resolve(workdir)
     run_dir.check_writable(workdir)
     episode = first_train_episode(train_sampler, seed)
     if learner.meta_model is not None:
@@ -318,7 +317,7 @@ def train(
         logging.info("Resumed from the checkpoint of step %d in %s.", latest, workdir)
 
     writer = metric_writers.create_default_writer(
-        workdir, just_logging=not is_chief, asynchronous=True
+        str(workdir), just_logging=not is_chief, asynchronous=True
     )
     progress = periodic_actions.ReportProgress(
         num_train_steps=num_steps, writer=writer, every_steps=log_every
@@ -386,8 +385,7 @@ def train(
     writer.close()
     final["wall_time_s"] = time.time() - start_time
     if is_chief:
-        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-            json.dump(final, f, indent=2, sort_keys=True)
+        (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))
     logging.info("Final metrics: %s", json.dumps(final, sort_keys=True))
     return final
 
@@ -417,6 +415,7 @@ def evaluate_run(workdir: str, num_tasks: int | None = None, step: int | None = 
     init, _ = make_train_step(
         learner, arguments["train_sampler"], meta_batch_size, mesh, arguments["seed"]
     )
+    workdir = run_dir.resolve(workdir)
     manager = run_dir.checkpoint_manager(workdir)
     state, step = run_dir.restore_latest(
         manager, _abstract_state(init, mesh), set_aside=False, step=step
@@ -435,6 +434,6 @@ def evaluate_run(workdir: str, num_tasks: int | None = None, step: int | None = 
     )
     results = {"step": float(step), **evaluator(state)}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"eval_step_{step}.json"), "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
+        results_json = json.dumps(results, indent=2, sort_keys=True)
+        (workdir / f"eval_step_{step}.json").write_text(results_json)
     return results

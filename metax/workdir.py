@@ -3,12 +3,11 @@ with another config is refused unless allowed), and its checkpoints survive corr
 
 import collections
 import os
-import shutil
-import tempfile
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from gin import config_parser
 
 CONFIG = "config.gin"
@@ -31,16 +30,23 @@ class ConfigChangedError(ValueError):
     """Resuming a workdir with a config that differs from the stored one."""
 
 
-def check_writable(workdir: str) -> None:
+def resolve(workdir: str) -> epath.Path:
+    """The workdir as a path: local ones made absolute, URLs (``gs://bucket/run``, for Cloud
+    TPU) kept as they are (epath reads and writes both)."""
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir))
+
+
+def check_writable(workdir: epath.Path) -> None:
     """Creates ``workdir`` if needed; raises a PermissionError naming it unless a file can be
     written there (checked before any compilation, so a bad path fails in seconds)."""
+    probe = workdir / f".write_test_{os.getpid()}_{jax.process_index()}"
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
-            pass
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
     except OSError as error:
         raise PermissionError(
-            f"Cannot write to the workdir {workdir!r} ({error.strerror or error}). "
+            f"Cannot write to the workdir '{workdir}' ({error.strerror or error}). "
             f"Pass a --workdir where this user can create files."
         ) from None
 
@@ -79,29 +85,29 @@ def config_diff(old: str, new: str, ignore: frozenset[str] = frozenset()) -> lis
     ]
 
 
-def stored_config(workdir: str) -> str | None:
+def stored_config(workdir: epath.Path) -> str | None:
     """The config the run in ``workdir`` last resumed with: the highest ``config.<n>.gin``,
     else ``config.gin``; None for a new workdir."""
-    numbered = [f for f in os.listdir(workdir) if f.startswith("config.") and f.endswith(".gin")]
+    names = [p.name for p in workdir.iterdir()] if workdir.is_dir() else []
+    numbered = [f for f in names if f.startswith("config.") and f.endswith(".gin")]
     numbered = [f for f in numbered if f[len("config.") : -len(".gin")].isdigit()]
     if numbered:
         name = max(numbered, key=lambda f: int(f[len("config.") : -len(".gin")]))
-    elif os.path.exists(os.path.join(workdir, CONFIG)):
+    elif CONFIG in names:
         name = CONFIG
     else:
         return None
-    with open(os.path.join(workdir, name)) as f:
-        return f.read()
+    return (workdir / name).read_text()
 
 
-def check_and_store_config(workdir: str, config: str, allow_change: bool) -> None:
+def check_and_store_config(workdir: epath.Path, config: str, allow_change: bool) -> None:
     """Stores ``config`` as ``config.gin`` in a new workdir. In a workdir that holds a run,
     raises a ConfigChangedError listing the changed bindings, unless they are schedule
     bindings (`SCHEDULE_BINDINGS`) or ``allow_change``; a changed config is stored beside the
     old ones as ``config.<n>.gin``, never over them."""
     old = stored_config(workdir)
     if old is None:
-        _write_once(os.path.join(workdir, CONFIG), config)
+        _write_once(workdir / CONFIG, config)
         return
     changed = config_diff(old, config, ignore=SCHEDULE_BINDINGS)
     if changed and not allow_change:
@@ -109,31 +115,32 @@ def check_and_store_config(workdir: str, config: str, allow_change: bool) -> Non
         raise ConfigChangedError(
             f"The run in {workdir} was started with another config; changed bindings:\n"
             f"  {lines}\n"
-            f"Resume with the stored config (see {os.path.join(workdir, CONFIG)}), use a new "
+            f"Resume with the stored config (see {workdir / CONFIG}), use a new "
             f"--workdir, or pass --allow_config_change to resume with the new one."
         )
     all_changes = config_diff(old, config)
     if all_changes:
         n = 1
-        while os.path.exists(os.path.join(workdir, f"config.{n}.gin")):
+        while (workdir / f"config.{n}.gin").exists():
             n += 1
-        _write_once(os.path.join(workdir, f"config.{n}.gin"), config)
+        _write_once(workdir / f"config.{n}.gin", config)
         logging.warning(
             "Resuming with a changed config, stored as config.%d.gin: %s", n, "; ".join(all_changes)
         )
 
 
-def _write_once(path: str, text: str) -> None:
-    if jax.process_index() == 0 and not os.path.exists(path):
-        with open(path, "w") as f:
-            f.write(text)
+def _write_once(path: epath.Path, text: str) -> None:
+    if jax.process_index() == 0 and not path.exists():
+        path.write_text(text)
 
 
-def checkpoint_manager(workdir: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
+def checkpoint_manager(
+    workdir: epath.Path, max_to_keep: int | None = None
+) -> ocp.CheckpointManager:
     """Orbax's manager of ``workdir/checkpoints``: a checkpoint is written to a temporary folder
     and renamed when complete, so a killed save never shows up as a step."""
     return ocp.CheckpointManager(
-        os.path.join(workdir, CHECKPOINTS),
+        workdir / CHECKPOINTS,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         item_handlers=ocp.StandardCheckpointHandler(),
     )
@@ -194,14 +201,14 @@ def restore_latest(
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
     from jax.experimental import multihost_utils
 
-    source = os.path.join(str(manager.directory), str(step))
-    target_dir = os.path.join(os.path.dirname(str(manager.directory)), CORRUPT_CHECKPOINTS)
+    source = epath.Path(manager.directory) / str(step)
+    target_dir = epath.Path(manager.directory).parent / CORRUPT_CHECKPOINTS
     if jax.process_index() == 0:
-        os.makedirs(target_dir, exist_ok=True)
-        target = os.path.join(target_dir, str(step))
-        while os.path.exists(target):
-            target += "_"
-        shutil.move(source, target)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / str(step)
+        while target.exists():
+            target = target_dir / f"{target.name}_"
+        source.rename(target)
         logging.warning("Moved the unreadable checkpoint to %s.", target)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"metax: checkpoint {step} set aside")

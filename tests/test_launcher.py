@@ -64,35 +64,6 @@ def test_one_and_eight_devices_give_the_same_numbers(finished_run, tmp_path):
             np.testing.assert_allclose(eight[key], value, rtol=1e-5, err_msg=key)
 
 
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(finished_run, tmp_path):
-    workdir, _ = finished_run
-    uninterrupted = json.loads((workdir / "final_metrics.json").read_text())
-    first = launch(tmp_path / "resumed", bindings=["train.num_steps = 10"])
-    assert first.returncode == 0, first.stderr[-3000:]
-    second = launch(tmp_path / "resumed")  # Same command, same workdir, now to 20 steps.
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "Resumed from the checkpoint of step 10" in second.stderr
-    assert "Training from step 10 to 20" in second.stderr
-    resumed = json.loads((tmp_path / "resumed" / "final_metrics.json").read_text())
-    for key, value in uninterrupted.items():
-        if key != "wall_time_s":
-            assert resumed[key] == value, key  # Bitwise: same batches, same state.
-
-
-def test_typo_in_a_binding_fails_naming_it(tmp_path):
-    result = launch(tmp_path / "typo", bindings=["train.num_step = 5"])
-    assert result.returncode != 0
-    assert "doesn't have a parameter named 'num_step'" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "typo").exists()
-
-
-def test_missing_gin_file_fails_clearly(tmp_path):
-    result = launch(tmp_path / "missing", gin_file="configs/no_such_experiment.gin")
-    assert result.returncode != 0
-    assert "gin file 'configs/no_such_experiment.gin' does not exist" in result.stderr
-
-
 def read_meta_params(path):
     """A checkpoint's meta-parameters as one flat vector, on this process's first device
     (the checkpoint may come from another topology)."""

@@ -79,9 +79,11 @@ def linear_regression_batch(num_tasks=4, n_train=7, n_test=9, dim=3):
     return MetaBatch(Dataset(x_train, y_train, {}), Dataset(x_test, y_test, {}))
 
 
-def closed_form_maml_gradient(theta, batch, num_steps, first_order):
+def closed_form_maml_gradient(theta, batch, num_steps, first_order, backprop_steps=None):
     """For squared error on a linear model: phi_K = theta after K GD steps and
-    d phi_K / d theta = (I - alpha A)^K with A = (2/n) Z^T Z, Z = [x, 1]."""
+    d phi_K / d theta = (I - alpha A)^K with A = (2/n) Z^T Z, Z = [x, 1]; backpropagating
+    through the last T steps only (earlier steps first order) gives (I - alpha A)^T."""
+    exact_steps = num_steps if backprop_steps is None else backprop_steps
     grads = []
     for t in range(batch.train.x.shape[0]):
         z = np.concatenate([batch.train.x[t], np.ones((batch.train.x.shape[1], 1))], axis=1)
@@ -92,7 +94,7 @@ def closed_form_maml_gradient(theta, batch, num_steps, first_order):
         for _ in range(num_steps):
             phi = phi - ALPHA * (A @ phi - 2.0 / len(z) * z.T @ y)
         outer_grad = 2.0 / len(z_test) * z_test.T @ (z_test @ phi - y_test)
-        jacobian = np.linalg.matrix_power(np.eye(len(theta)) - ALPHA * A, num_steps)
+        jacobian = np.linalg.matrix_power(np.eye(len(theta)) - ALPHA * A, exact_steps)
         grads.append(outer_grad if first_order else jacobian.T @ outer_grad)
     return np.mean(grads, axis=0)
 
