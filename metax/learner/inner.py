@@ -240,7 +240,8 @@ def make_evaluate(
 ) -> Callable[..., Metrics]:
     """The ``evaluate`` of a gradient learner: adapt each task on its support set with
     ``num_inner_steps`` steps, return the outer energy's metrics of its query set per task
-    (tasks mapped as `map_tasks` says)."""
+    (tasks mapped as `map_tasks` says; an evaluation batch that ``task_chunk`` does not divide
+    is vmapped whole: the results are the same, only speed and memory differ)."""
 
     def evaluate(state, meta_batch: MetaBatch, rng: PRNGKey, num_inner_steps: int) -> Metrics:
         def one_task(task, key):
