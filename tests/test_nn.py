@@ -79,3 +79,64 @@ def test_sequential_composes_named_layers():
 def test_conv4_rejects_unknown_pooling():
     with pytest.raises(ValueError, match="pooling must be 'max' or 'strided'"):
         nn.conv4(pooling="avg")
+
+
+@pytest.mark.parametrize("side, stride, c_in", [(8, 1, 2), (7, 2, 3)])
+def test_matmul_conv_equals_lax_conv_to_second_order(x64, side, stride, c_in):
+    """The im2col convolution is the same function as lax's: values, gradients in the input
+    and the kernel, and second derivatives (what second-order MAML differentiates)."""
+    kx, kw, kv = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, side, side, c_in))
+    w = jax.random.normal(kw, (3, 3, c_in, 4))
+
+    def loss(impl):
+        # A nonlinear scalar, so that its Hessian exercises the convolution's second derivative.
+        return lambda x, w: jnp.sum(jnp.tanh(nn.conv2d(x, w, stride, impl)) ** 2)
+
+    v = jax.random.normal(kv, w.shape)
+
+    @jax.jit
+    def derivatives(x, w):
+        return {
+            impl: (
+                nn.conv2d(x, w, stride, impl),
+                jax.grad(loss(impl), (0, 1))(x, w),
+                jax.jvp(jax.grad(loss(impl), 1), (x, w), (jnp.zeros_like(x), v))[1],
+            )
+            for impl in ("matmul", "lax")
+        }
+
+    results = derivatives(x, w)
+    for actual, expected in zip(
+        jax.tree.leaves(results["matmul"]), jax.tree.leaves(results["lax"]), strict=True
+    ):
+        np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("side", [28, 7])
+def test_max_pool_equals_reduce_window(x64, side):
+    """Same values and gradient as lax.reduce_window (inputs without ties), odd sides cropped."""
+    x = jax.random.normal(jax.random.key(0), (2, side, side, 3))
+
+    def reduce_window(x):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    np.testing.assert_array_equal(nn.max_pool_2x2(x), reduce_window(x))
+    weights = jax.random.normal(jax.random.key(1), reduce_window(x).shape)
+    grads = [
+        jax.grad(lambda x, f=f: jnp.sum(f(x) * weights))(x)
+        for f in (nn.max_pool_2x2, reduce_window)
+    ]
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
+def test_conv4_matmul_and_lax_give_the_same_model(x64):
+    x = jax.random.uniform(jax.random.key(0), (5, 28, 28, 1))
+    models = [nn.conv4(num_channels=8, conv_impl=impl) for impl in ("matmul", "lax")]
+    params, state = models[0].init(jax.random.key(1), x)
+    outputs = jax.jit(
+        lambda p, x: [m.apply(p, state, None, x, is_training=True)[0] for m in models]
+    )(params, x)
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        nn.conv4(conv_impl="fft")
