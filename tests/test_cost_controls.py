@@ -11,6 +11,7 @@ from jax.flatten_util import ravel_pytree
 from test_maml import ALPHA, closed_form_maml_gradient, linear_regression_batch
 
 from metax import data, energy, learner, module, nn, sharding
+from metax.learner import inner
 
 # The event JAX records once per XLA compilation (jax._src.dispatch.BACKEND_COMPILE_EVENT).
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -89,7 +90,7 @@ def test_truncated_backprop_has_its_closed_form(x64):
 
 def test_tasks_one_at_a_time_give_the_same_meta_step_and_evaluation():
     batch = image_batch(num_tasks=4)
-    plain = conv_maml(num_inner_steps=1)
+    plain = conv_maml(num_inner_steps=1, task_chunk=None)
     chunked = conv_maml(num_inner_steps=1, task_chunk=1)
     state = plain.init(jax.random.key(0), batch)
     np.testing.assert_allclose(
@@ -102,6 +103,52 @@ def test_tasks_one_at_a_time_give_the_same_meta_step_and_evaluation():
     actual = jax.jit(chunked.evaluate, static_argnums=3)(state, batch, jax.random.key(2), 1)
     for key in expected:
         np.testing.assert_allclose(actual[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def learners_of_each_meta_step(task_chunk):
+    """The averaged per-task meta-gradient (reptile, buffered Reptile, implicit and eqprop
+    share it; maml is tested above) and evolution's population of task maps."""
+    mlp = nn.mlp([8], 1, activation=jnp.tanh)
+    return {
+        "implicit": learner.implicit(
+            module.learned_init(mlp, reg_strength=1.0),
+            learner.conjugate_gradient(3),
+            optax.sgd(0.05),
+            num_inner_steps=3,
+            task_chunk=task_chunk,
+        ),
+        "evolution": learner.evolution(
+            module.learned_init(mlp), population_size=4, task_chunk=task_chunk
+        ),
+    }
+
+
+def test_every_learner_gives_the_same_step_whichever_task_strategy():
+    batch = data.sample_meta_batch(data.sinusoid(), jax.random.key(1), 4)
+    vmapped, chunked = learners_of_each_meta_step(None), learners_of_each_meta_step(2)
+    for name, plain in vmapped.items():
+        state = plain.init(jax.random.key(0), batch)
+        expected, expected_metrics = jax.jit(plain.meta_step)(state, batch, jax.random.key(2))
+        actual, metrics = jax.jit(chunked[name].meta_step)(state, batch, jax.random.key(2))
+        np.testing.assert_allclose(
+            flat(actual.meta_params), flat(expected.meta_params), rtol=1e-5, atol=1e-7, err_msg=name
+        )
+        for key in expected_metrics:
+            np.testing.assert_allclose(metrics[key], expected_metrics[key], rtol=1e-5, err_msg=key)
+
+
+def test_auto_task_strategy_runs_conv_models_one_task_per_device_on_cpu():
+    conv_params = {"w": jnp.zeros((3, 3, 1, 4)), "b": jnp.zeros(4)}
+    mlp_params = {"w": jnp.zeros((1, 4)), "b": jnp.zeros(4)}
+    assert jax.default_backend() == "cpu" and jax.device_count() == 8
+    assert inner.resolve_task_chunk("auto", 32, conv_params) == 8
+    assert inner.resolve_task_chunk("auto", 4, conv_params) == 4
+    assert inner.resolve_task_chunk("auto", 32, mlp_params) is None
+    assert inner.resolve_task_chunk(None, 32, conv_params) is None
+    assert inner.resolve_task_chunk(2, 32, mlp_params) == 2
+    for bad in (0, -1, "vmap", 1.5, True):
+        with pytest.raises(ValueError, match="task_chunk must be None"):
+            learner.maml(module.learned_init(nn.linear(1)), task_chunk=bad)
 
 
 def test_task_chunks_under_sharding_equal_one_device():
@@ -155,5 +202,6 @@ def test_a_run_compiles_its_meta_step_once(tmp_path):
         short, long = count(20, tmp_path / "short"), count(40, tmp_path / "long")
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    # Per run: init, the meta-step, one evaluation per inner-step count, the first episode.
-    assert short == long == 5
+    # Per run: init, the meta-step, one evaluation per inner-step count, the first episode,
+    # the regression figure's predictions.
+    assert short == long == 6

@@ -8,7 +8,13 @@ import jax.numpy as jnp
 import optax
 
 from metax.data.base import MetaBatch
-from metax.learner.inner import make_evaluate
+from metax.learner.inner import (
+    TaskChunk,
+    make_adapt,
+    make_evaluate,
+    mean_over_tasks,
+    resolve_task_chunk,
+)
 from metax.module.base import MetaModel
 from metax.types import Array, Metrics, Params, PRNGKey, State
 
@@ -38,12 +44,17 @@ class Learner(NamedTuple):
       set, each of shape ``(tasks,)``.
     * ``meta_model``: the `MetaModel` it meta-learns (lets the training loop check, before
       compiling, that the model fits the tasks' data); may be None for a custom learner.
+    * ``adapt(state, support, rng, num_inner_steps) -> (params, model_state)``: one task's
+      adapted parameters from its support `Dataset` (no task axis), as ``evaluate`` adapts
+      them; predict with ``meta_model.apply(state.meta_params, params, model_state, ...)``.
+      May be None for a custom learner.
     """
 
     init: Callable[[PRNGKey, MetaBatch], MetaState]
     meta_step: Callable[[MetaState, MetaBatch, PRNGKey], tuple[MetaState, Metrics]]
     evaluate: Callable[..., Metrics]
     meta_model: MetaModel | None = None
+    adapt: Callable[..., tuple[Params, State]] | None = None
 
 
 def prefix(metrics: Metrics, name: str) -> Metrics:
@@ -103,21 +114,26 @@ def check_meta_params_enter(meta_model, where: str, learner_name: str, explanati
 
 
 def averaged_meta_step(
-    task_meta_grad: Callable, outer_optimizer: optax.GradientTransformation
+    task_meta_grad: Callable,
+    outer_optimizer: optax.GradientTransformation,
+    task_chunk: TaskChunk = "auto",
 ) -> Callable[[MetaState, MetaBatch, PRNGKey], tuple[MetaState, Metrics]]:
     """A meta-step from a per-task meta-gradient estimator.
 
     ``task_meta_grad(meta_params, model_state, task, rng) -> (meta_grads, metrics)`` is
-    vmapped over the task axis; gradients and metrics are averaged over tasks (under sharding
-    the mean is an all-reduce), and ``outer_optimizer`` applies the mean gradient.
+    mapped over the task axis (`metax.learner.inner.map_tasks` with ``task_chunk``);
+    gradients and metrics are averaged over tasks (under sharding the mean is an all-reduce),
+    and ``outer_optimizer`` applies the mean gradient.
     """
 
     def meta_step(state: MetaState, meta_batch: MetaBatch, rng: PRNGKey):
-        keys = task_keys(rng, meta_batch.train.x.shape[0])
-        meta_grads, metrics = jax.vmap(task_meta_grad, in_axes=(None, None, 0, 0))(
-            state.meta_params, state.model_state, meta_batch, keys
+        n = meta_batch.train.x.shape[0]
+        meta_grads, metrics = mean_over_tasks(
+            lambda task, key: task_meta_grad(state.meta_params, state.model_state, task, key),
+            meta_batch,
+            task_keys(rng, n),
+            task_chunk=resolve_task_chunk(task_chunk, n, state.meta_params),
         )
-        meta_grads = jax.tree.map(lambda g: g.mean(0), meta_grads)
         metrics = {key: jnp.mean(value) for key, value in metrics.items()}
         metrics["meta_grad_norm"] = optax.tree.norm(meta_grads)
         return apply_outer_update(outer_optimizer, state, meta_grads), metrics
@@ -131,6 +147,7 @@ def gradient_learner(
     inner_optimizer: optax.GradientTransformation,
     outer_optimizer: optax.GradientTransformation,
     inner_batch_size: int | None = None,
+    task_chunk: TaskChunk = "auto",
 ) -> Learner:
     """A `Learner` from a per-task meta-gradient estimator (see `averaged_meta_step`), with the
     usual initialization and the shared ``evaluate`` (adapt on support, score the query set)."""
@@ -140,7 +157,8 @@ def gradient_learner(
 
     return Learner(
         init,
-        averaged_meta_step(task_meta_grad, outer_optimizer),
-        make_evaluate(meta_model, inner_optimizer, inner_batch_size),
+        averaged_meta_step(task_meta_grad, outer_optimizer, task_chunk),
+        make_evaluate(meta_model, inner_optimizer, inner_batch_size, task_chunk),
         meta_model,
+        make_adapt(meta_model, inner_optimizer, inner_batch_size),
     )

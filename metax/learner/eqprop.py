@@ -11,7 +11,7 @@ from metax.learner.base import (
     gradient_learner,
     prefix,
 )
-from metax.learner.inner import adapt, adapt_task
+from metax.learner.inner import TaskChunk, adapt, adapt_task, check_task_chunk
 from metax.module.base import MetaModel
 
 
@@ -24,6 +24,7 @@ def eqprop(
     num_nudged_steps: int = 100,
     beta: float = 0.1,
     symmetric: bool = False,
+    task_chunk: TaskChunk = "auto",
 ) -> Learner:
     """The contrastive meta-learning rule: two (or three) phases of inner optimization.
 
@@ -40,9 +41,12 @@ def eqprop(
     is CML's ``(d_theta E_in(phi_beta) - d_theta E_in(phi_0)) / beta``. Both phases use
     ``inner_optimizer``; they are not differentiated. As for implicit differentiation, every
     meta-parameter must enter the inner energy.
+    ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
+    "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
     """
     if beta <= 0:
         raise ValueError(f"eqprop beta must be > 0, got {beta}.")
+    check_task_chunk(task_chunk, "eqprop")
     check_meta_params_enter(
         meta_model,
         "energy",
@@ -98,4 +102,6 @@ def eqprop(
         )
         return meta_grads, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
 
-    return gradient_learner(meta_model, task_meta_grad, inner_optimizer, outer_optimizer)
+    return gradient_learner(
+        meta_model, task_meta_grad, inner_optimizer, outer_optimizer, task_chunk=task_chunk
+    )

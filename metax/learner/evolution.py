@@ -8,7 +8,15 @@ import optax
 
 from metax.data.base import MetaBatch
 from metax.learner.base import Learner, MetaState, task_keys
-from metax.learner.inner import adapt_and_score, make_evaluate
+from metax.learner.inner import (
+    TaskChunk,
+    adapt_and_score,
+    check_task_chunk,
+    make_adapt,
+    make_evaluate,
+    map_tasks,
+    resolve_task_chunk,
+)
 from metax.module.base import MetaModel
 
 
@@ -22,13 +30,15 @@ def evolution(
     inner_batch_size: int | None = None,
     strategy_kwargs: dict | None = None,
     strategy_params: dict | None = None,
+    task_chunk: TaskChunk = "auto",
 ) -> Learner:
     """An evosax strategy (by its class name in ``evosax.algorithms``: ``"Open_ES"``,
     ``"CMA_ES"``, ``"SNES"``, ...) searching the meta-parameters; works with every meta-model.
 
     The fitness of a population member is the outer energy after adaptation, averaged over the
-    meta-batch (minimized). Members and tasks are both vmapped; the task axis is the sharded
-    one. ``strategy_kwargs`` go to the strategy's constructor (e.g. ``optimizer``,
+    meta-batch (minimized). Members are vmapped, tasks mapped as ``task_chunk`` says (None:
+    vmap; k: k at a time; "auto": `metax.learner.inner.resolve_task_chunk`); the task axis is
+    the sharded one. ``strategy_kwargs`` go to the strategy's constructor (e.g. ``optimizer``,
     ``std_schedule`` for Open_ES); ``strategy_params`` replace fields of its
     ``default_params`` (e.g. ``{"std_init": 0.1}`` for CMA_ES). The `MetaState` holds the
     strategy's mean as ``meta_params`` and its state as ``opt_state``.
@@ -45,6 +55,7 @@ def evolution(
         raise ValueError(f"evolution strategy {strategy!r} is not in evosax.algorithms: {names}.")
     if population_size < 2:
         raise ValueError(f"evolution population_size must be >= 2, got {population_size}.")
+    check_task_chunk(task_chunk, "evolution")
     strategy_cls = getattr(algorithms, strategy)
     strategy_kwargs = dict(strategy_kwargs or {})
 
@@ -71,8 +82,11 @@ def evolution(
         return loss, inner_metrics
 
     def member_fitness(meta_params, model_state, meta_batch, keys):
-        losses, inner_metrics = jax.vmap(task_fitness, in_axes=(None, None, 0, 0))(
-            meta_params, model_state, meta_batch, keys
+        losses, inner_metrics = map_tasks(
+            lambda task, key: task_fitness(meta_params, model_state, task, key),
+            meta_batch,
+            keys,
+            task_chunk=resolve_task_chunk(task_chunk, keys.shape[0], meta_params),
         )
         return jnp.mean(losses), jax.tree.map(jnp.mean, inner_metrics)
 
@@ -110,5 +124,9 @@ def evolution(
         return new_state, metrics
 
     return Learner(
-        init, meta_step, make_evaluate(meta_model, inner_optimizer, inner_batch_size), meta_model
+        init,
+        meta_step,
+        make_evaluate(meta_model, inner_optimizer, inner_batch_size, task_chunk),
+        meta_model,
+        make_adapt(meta_model, inner_optimizer, inner_batch_size),
     )

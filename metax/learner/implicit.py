@@ -25,7 +25,7 @@ from metax.learner.base import (
     gradient_learner,
     prefix,
 )
-from metax.learner.inner import adapt_task
+from metax.learner.inner import TaskChunk, adapt_task, check_task_chunk
 from metax.module.base import MetaModel
 from metax.types import Params
 
@@ -108,6 +108,7 @@ def implicit(
     outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
     num_inner_steps: int = 100,
     inner_batch_size: int | None = None,
+    task_chunk: TaskChunk = "auto",
 ) -> Learner:
     """Implicit differentiation (iMAML, Rajeswaran et al., 2019, and the module docstring).
 
@@ -117,7 +118,12 @@ def implicit(
     formula is exact only at an inner optimum: run enough inner steps. Every meta-parameter
     must enter the inner energy: the inner optimum does not depend on the starting point, so
     a learned initialization without a regularizer gets a zero meta-gradient (an error here).
+    ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
+    "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
     """
+    check_task_chunk(task_chunk, "implicit")
+    if inverse_hvp is None:
+        inverse_hvp = conjugate_gradient()
     check_meta_params_enter(
         meta_model,
         "energy",
@@ -161,5 +167,5 @@ def implicit(
         return meta_grads, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
 
     return gradient_learner(
-        meta_model, task_meta_grad, inner_optimizer, outer_optimizer, inner_batch_size
+        meta_model, task_meta_grad, inner_optimizer, outer_optimizer, inner_batch_size, task_chunk
     )

@@ -14,7 +14,16 @@ from metax.learner.base import (
     prefix,
     task_keys,
 )
-from metax.learner.inner import adapt_and_score, make_evaluate, map_tasks, scalar_mean
+from metax.learner.inner import (
+    TaskChunk,
+    adapt_and_score,
+    check_task_chunk,
+    make_adapt,
+    make_evaluate,
+    mean_over_tasks,
+    resolve_task_chunk,
+    scalar_mean,
+)
 from metax.module.base import MetaModel
 
 
@@ -28,7 +37,7 @@ def maml(
     inner_batch_size: int | None = None,
     remat: bool = False,
     backprop_steps: int | None = None,
-    task_chunk: int | None = None,
+    task_chunk: TaskChunk = "auto",
 ) -> Learner:
     """Model-agnostic meta-learning (Finn et al., 2017); works with every meta-model.
 
@@ -42,9 +51,10 @@ def maml(
 
     Cost controls (same meta-gradient, up to float rounding): ``remat=True`` recomputes each
     inner step's activations in the backward pass instead of storing them (memory of K inner
-    steps no longer grows with the activations of every step); ``task_chunk=k`` processes the
-    meta-batch k tasks at a time (`metax.learner.inner.map_tasks`; on CPU, k = number of
-    devices makes convolutional models several times faster). Another gradient:
+    steps no longer grows with the activations of every step); ``task_chunk`` is how the
+    meta-batch's tasks are mapped: ``None`` vmaps all, ``k`` processes k at a time
+    (`metax.learner.inner.map_tasks`), ``"auto"`` picks per backend and model
+    (`metax.learner.inner.resolve_task_chunk`). Another gradient:
     ``backprop_steps=T`` differentiates through the last T inner steps only (truncated
     backpropagation; T = num_inner_steps is exact, T = 0 is first order).
 
@@ -60,6 +70,7 @@ def maml(
             f"maml backprop_steps must be in [0, num_inner_steps={num_inner_steps}], "
             f"got {backprop_steps}."
         )
+    check_task_chunk(task_chunk, "maml")
 
     def task_loss(meta_params, model_state, task, rng):
         loss, inner_metrics, outer_metrics = adapt_and_score(
@@ -78,22 +89,37 @@ def maml(
         return loss, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
 
     def batch_loss(meta_params, model_state, meta_batch, rng):
-        keys = task_keys(rng, num_tasks(meta_batch))
-        losses, metrics = map_tasks(
-            lambda task, key: task_loss(meta_params, model_state, task, key),
-            meta_batch,
-            keys,
-            task_chunk=task_chunk,
-        )
+        losses, metrics = jax.vmap(
+            lambda task, key: task_loss(meta_params, model_state, task, key)
+        )(meta_batch, task_keys(rng, num_tasks(meta_batch)))
         return jnp.mean(losses), metrics
+
+    def task_grad(meta_params, model_state, task, rng):
+        grads, metrics = jax.grad(task_loss, has_aux=True)(meta_params, model_state, task, rng)
+        return grads, metrics
+
+    def mean_meta_grad(meta_params, model_state, meta_batch, rng):
+        n = num_tasks(meta_batch)
+        chunk = resolve_task_chunk(task_chunk, n, meta_params)
+        if chunk is None:
+            # Differentiating the vmapped mean sums task gradients in the backward pass: no
+            # per-task copies of the gradient (what large models on accelerators need).
+            (_, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(
+                meta_params, model_state, meta_batch, rng
+            )
+            return grads, metrics
+        return mean_over_tasks(
+            lambda task, key: task_grad(meta_params, model_state, task, key),
+            meta_batch,
+            task_keys(rng, n),
+            task_chunk=chunk,
+        )
 
     def init(rng, meta_batch: MetaBatch) -> MetaState:
         return init_meta_state(meta_model.init, outer_optimizer, rng, meta_batch)
 
     def meta_step(state: MetaState, meta_batch: MetaBatch, rng):
-        (_, metrics), meta_grads = jax.value_and_grad(batch_loss, has_aux=True)(
-            state.meta_params, state.model_state, meta_batch, rng
-        )
+        meta_grads, metrics = mean_meta_grad(state.meta_params, state.model_state, meta_batch, rng)
         metrics = scalar_mean(metrics)
         metrics["meta_grad_norm"] = optax.tree.norm(meta_grads)
         return apply_outer_update(outer_optimizer, state, meta_grads), metrics
@@ -103,4 +129,5 @@ def maml(
         meta_step,
         make_evaluate(meta_model, inner_optimizer, inner_batch_size, task_chunk),
         meta_model,
+        make_adapt(meta_model, inner_optimizer, inner_batch_size),
     )

@@ -12,7 +12,7 @@ from metax.learner.base import (
     gradient_learner,
     prefix,
 )
-from metax.learner.inner import adapt_task
+from metax.learner.inner import TaskChunk, adapt_task, check_task_chunk
 from metax.module.base import MetaModel
 
 
@@ -26,7 +26,13 @@ def support_and_query(task: MetaBatch) -> Dataset:
 
 
 def _reptile_learner(
-    meta_model, inner_optimizer, outer_optimizer, num_inner_steps, inner_batch_size, task_meta_grad
+    meta_model,
+    inner_optimizer,
+    outer_optimizer,
+    num_inner_steps,
+    inner_batch_size,
+    task_meta_grad,
+    task_chunk,
 ):
     def task_step(meta_params, model_state, task, rng):
         k_adapt, k_outer = jax.random.split(rng)
@@ -39,7 +45,7 @@ def _reptile_learner(
         return meta_grads, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
 
     return gradient_learner(
-        meta_model, task_step, inner_optimizer, outer_optimizer, inner_batch_size
+        meta_model, task_step, inner_optimizer, outer_optimizer, inner_batch_size, task_chunk
     )
 
 
@@ -50,6 +56,7 @@ def reptile(
     outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
     num_inner_steps: int = 5,
     inner_batch_size: int | None = None,
+    task_chunk: TaskChunk = "auto",
 ) -> Learner:
     """Reptile (Nichol et al., 2018): adapt on support + query, move the meta-parameters
     towards the adapted parameters.
@@ -59,7 +66,10 @@ def reptile(
     tasks and fed to ``outer_optimizer`` (``optax.sgd(eps)`` is the paper's
     ``theta += eps (phi - theta)``). Every meta-parameter must be a task initialization (the
     meta-model's ``reset_keys``): Reptile's update carries no information about others.
+    ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
+    "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
     """
+    check_task_chunk(task_chunk, "reptile")
     check_meta_params_enter(
         meta_model,
         "reset",
@@ -93,6 +103,7 @@ def reptile(
         num_inner_steps,
         inner_batch_size,
         task_meta_grad,
+        task_chunk,
     )
 
 
@@ -103,6 +114,7 @@ def buffered_reptile(
     outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),
     num_inner_steps: int = 5,
     inner_batch_size: int | None = None,
+    task_chunk: TaskChunk = "auto",
 ) -> Learner:
     """Buffered Reptile (original metax): adapt on support + query and accumulate the partial
     gradient of the inner energy w.r.t. the meta-parameters at every inner step.
@@ -111,7 +123,10 @@ def buffered_reptile(
     held fixed) is averaged over tasks and fed to ``outer_optimizer``: meta-parameters and task
     parameters descend the same energy along the trajectory, with no backward pass through
     it. Every meta-parameter must enter the inner energy (the meta-model's ``energy_keys``).
+    ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
+    "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
     """
+    check_task_chunk(task_chunk, "buffered_reptile")
     check_meta_params_enter(
         meta_model,
         "energy",
@@ -142,4 +157,5 @@ def buffered_reptile(
         num_inner_steps,
         inner_batch_size,
         task_meta_grad,
+        task_chunk,
     )
