@@ -70,6 +70,46 @@ def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> tu
     return loss, {"loss": loss, "accuracy": _masked_mean(correct, mask)}
 
 
+@gin.register(module="metax.energy")
+def kl_divergence(
+    logits: Array,
+    targets: Array,
+    mask: Array | None = None,
+    hard_targets: Array | None = None,
+) -> tuple[Array, Metrics]:
+    """``KL(targets || softmax(logits))`` averaged over samples; logits ``(n, classes)``.
+
+    ``targets``: probabilities ``(n, classes)`` (soft targets, e.g. a teacher's), or integer
+    labels ``(n,)`` read as one-hot (then the loss equals `cross_entropy`). Metrics: ``loss``,
+    and ``accuracy`` (argmax of the logits equals the hard label) when hard labels are known:
+    integer ``targets`` or ``hard_targets`` ``(n,)``. Raises a ValueError at trace time when
+    the shapes do not fit.
+    """
+    if jnp.issubdtype(targets.dtype, jnp.integer) and targets.shape == logits.shape[:-1]:
+        hard_targets = targets if hard_targets is None else hard_targets
+        targets = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"kl_divergence needs target probabilities of the logits' shape "
+            f"{tuple(logits.shape)} (or integer labels of shape {tuple(logits.shape[:-1])}), "
+            f"got {targets.dtype} targets of shape {tuple(targets.shape)}."
+        )
+    log_probs = jax.nn.log_softmax(logits)
+    # xlogy: 0 * log 0 = 0, so one-hot and sparse soft targets have a finite entropy term.
+    per_sample = jnp.sum(jax.scipy.special.xlogy(targets, targets) - targets * log_probs, -1)
+    loss = _masked_mean(per_sample, mask)
+    metrics = {"loss": loss}
+    if hard_targets is not None:
+        if hard_targets.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"kl_divergence hard_targets must have shape {tuple(logits.shape[:-1])}, got "
+                f"{tuple(hard_targets.shape)}."
+            )
+        correct = (jnp.argmax(logits, axis=-1) == hard_targets).astype(logits.dtype)
+        metrics["accuracy"] = _masked_mean(correct, mask)
+    return loss, metrics
+
+
 def _tree_sum(tree) -> Array:
     return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree))
 

@@ -1,8 +1,15 @@
-"""Pictures of what a model is fed: image grids of few-shot episodes (for TensorBoard)."""
+"""Pictures for TensorBoard and the workdir: image grids of few-shot episodes, and for
+regression tasks the ground truth, support points and predictions before and after
+adaptation."""
 
+import io
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from metax.data.base import MetaBatch
+from metax.data.base import MetaBatch, TaskSampler, sample_meta_batch
 
 _PAD = 2
 _SCALE = 2
@@ -59,3 +66,101 @@ def episode_grid(episode: MetaBatch) -> np.ndarray:
             for column, image in enumerate(images):
                 canvas.paste(tile(image), (left + column * cell_w, top))
     return np.asarray(canvas)
+
+
+class RegressionCurves(NamedTuple):
+    """Arrays for `regression_figure`: ``grid (points,)``, ``truth``, ``before`` and
+    ``after`` ``(tasks, points)``, support ``support_x`` and ``support_y`` ``(tasks, shots)``."""
+
+    grid: np.ndarray
+    truth: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+    support_x: np.ndarray
+    support_y: np.ndarray
+
+
+def has_regression_curves(learner, sampler: TaskSampler) -> bool:
+    """Whether `regression_curves` can draw these tasks: a sampler with a ground truth
+    (``target_fn``) and a learner that exposes ``adapt`` and its meta-model."""
+    return (
+        sampler.target_fn is not None
+        and learner.adapt is not None
+        and learner.meta_model is not None
+    )
+
+
+def regression_curves(
+    learner,
+    state,
+    sampler: TaskSampler,
+    rng: jax.Array,
+    num_inner_steps: int,
+    num_tasks: int = 4,
+    num_points: int = 200,
+) -> RegressionCurves:
+    """Predictions of ``num_tasks`` tasks of ``sampler`` (task i drawn from ``fold_in(rng,
+    i)``, as `sample_meta_batch` draws them) on a grid over their inputs' range, before
+    adaptation (the meta-model's reset) and after ``num_inner_steps`` inner steps on the
+    support set (``learner.adapt``). Scalar inputs and outputs only. One jit compilation;
+    returns device arrays (``metax.train.fetch`` copies them on several processes)."""
+    meta_model = learner.meta_model
+
+    @jax.jit
+    def curves(state, rng):
+        batch = sample_meta_batch(sampler, rng, num_tasks)
+        inputs = jnp.concatenate([batch.train.x, batch.test.x], axis=1)
+        grid = jnp.linspace(jnp.min(inputs), jnp.max(inputs), num_points)[:, None]
+
+        def one(task, key):
+            predict = lambda p, s: meta_model.apply(  # noqa: E731
+                state.meta_params, p, s, key, grid, is_training=False
+            )[0][:, 0]
+            params_0, model_state = meta_model.reset(key, state.meta_params, state.model_state)
+            params, adapted_state = learner.adapt(state, task.train, key, num_inner_steps)
+            truth = sampler.target_fn(key, grid)[:, 0]
+            return truth, predict(params_0, model_state), predict(params, adapted_state)
+
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_tasks))
+        truth, before, after = jax.vmap(one)(batch, keys)
+        return grid[:, 0], truth, before, after, batch.train.x[..., 0], batch.train.y[..., 0]
+
+    return RegressionCurves(*curves(state, rng))
+
+
+def regression_figure(curves: RegressionCurves, title: str = "") -> np.ndarray:
+    """One panel per task: ground truth, support points, prediction before and after
+    adaptation. Returns an ``(H, W, 3)`` uint8 image, ``H = 240`` and ``W = 240 * tasks``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # No display: render to a buffer.
+    from matplotlib import pyplot as plt
+    from PIL import Image
+
+    curves = RegressionCurves(*(np.asarray(a) for a in curves))
+    num_tasks = curves.truth.shape[0]
+    fig, axes = plt.subplots(1, num_tasks, figsize=(3 * num_tasks, 3), dpi=80, squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.plot(curves.grid, curves.truth[i], color="black", label="ground truth")
+        ax.plot(curves.grid, curves.before[i], "--", color="tab:gray", label="before")
+        ax.plot(curves.grid, curves.after[i], color="tab:red", label="after adaptation")
+        ax.scatter(curves.support_x[i], curves.support_y[i], s=14, zorder=3, label="support")
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=6, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def save_png(image: np.ndarray, path) -> None:
+    """Writes an ``(H, W, 3)`` uint8 image as PNG to ``path`` (local or an epath, e.g. gs://)."""
+    from etils import epath
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    epath.Path(path).write_bytes(buffer.getvalue())

@@ -10,6 +10,8 @@ batches. The loop writes to ``workdir``:
   training episode at step 0), through ``clu.metric_writers``,
 * ``checkpoints/<step>/``: orbax checkpoints of the `MetaState` (the state is the checkpoint),
 * ``final_metrics.json``: flat metric name -> number, with 95% confidence half-widths.
+* ``regression_tasks.png`` (regression tasks): a few held-out tasks at the end, ground truth,
+  support points and predictions before and after adaptation (also in TensorBoard).
 
 Running again with the same workdir resumes from the latest checkpoint.
 """
@@ -35,7 +37,8 @@ from metax.data.base import TaskSampler, sample_meta_batch
 from metax.learner.base import Learner, MetaState
 
 # Independent key streams derived from the seed (fold_in tags).
-_INIT, _TRAIN_DATA, _TRAIN_STEP, _EVAL_DATA, _EVAL_STEP = range(5)
+_INIT, _TRAIN_DATA, _TRAIN_STEP, _EVAL_DATA, _EVAL_STEP, _FIGURE = range(6)
+REGRESSION_FIGURE = "regression_tasks.png"
 CI95_Z = 1.959963984540054
 
 
@@ -381,6 +384,19 @@ def train(
 
     final = {"step": float(step), **train_metrics, **evaluator(state)}
     writer.write_scalars(step, {k: v for k, v in final.items() if k.startswith("eval/")})
+    held_out = eval_sampler or train_sampler
+    if figures.has_regression_curves(learner, held_out):
+        inner_steps = max(eval_inner_steps)
+        curves = figures.regression_curves(
+            learner, state, held_out, jax.random.fold_in(jax.random.key(seed), _FIGURE), inner_steps
+        )
+        image = figures.regression_figure(
+            figures.RegressionCurves(*fetch(tuple(curves))),
+            title=f"held-out tasks after {step} meta-steps, {inner_steps} inner steps",
+        )
+        writer.write_images(step, {"regression_tasks": image[None]})
+        if is_chief:
+            figures.save_png(image, workdir / REGRESSION_FIGURE)
     writer.flush()
     writer.close()
     final["wall_time_s"] = time.time() - start_time

@@ -1,5 +1,6 @@
 """Energies return (value, metrics) with documented factors."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -45,3 +46,31 @@ def test_sum_energies_adds_values_and_merges_metrics():
     assert float(total) == 3.0 and metrics == {"loss": 1.0, "l2_pull": 2.0}
     with pytest.raises(ValueError):
         energy.sum_energies()
+
+
+def test_kl_divergence_to_soft_targets():
+    logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    targets = jnp.array([[0.7, 0.3, 0.0], [0.1, 0.2, 0.7]])
+    log_q = jax.nn.log_softmax(logits)
+    safe = jnp.where(targets > 0, targets, 1.0)
+    expected = jnp.mean(jnp.sum(targets * (jnp.log(safe) - log_q), -1))
+    loss, metrics = energy.kl_divergence(logits, targets)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    assert "accuracy" not in metrics
+    # Zero at the targets; the gradient in the logits is (softmax - targets) / n.
+    zero, _ = energy.kl_divergence(jnp.log(jnp.array([[0.2, 0.8]])), jnp.array([[0.2, 0.8]]))
+    np.testing.assert_allclose(zero, 0.0, atol=1e-6)
+    grad = jax.grad(lambda z: energy.kl_divergence(z, targets)[0])(logits)
+    np.testing.assert_allclose(grad, (jax.nn.softmax(logits) - targets) / 2, rtol=1e-5, atol=1e-7)
+    _, metrics = energy.kl_divergence(logits, targets, hard_targets=jnp.array([0, 1]))
+    np.testing.assert_allclose(metrics["accuracy"], 0.5)
+    # Integer labels are one-hot targets: the loss is the cross-entropy.
+    labels = jnp.array([0, 2])
+    kl, kl_metrics = energy.kl_divergence(logits, labels)
+    ce, ce_metrics = energy.cross_entropy(logits, labels)
+    np.testing.assert_allclose(kl, ce, rtol=1e-6)
+    np.testing.assert_allclose(kl_metrics["accuracy"], ce_metrics["accuracy"])
+    masked, _ = energy.kl_divergence(logits, targets, mask=jnp.array([1.0, 0.0]))
+    np.testing.assert_allclose(masked, energy.kl_divergence(logits[:1], targets[:1])[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="kl_divergence needs target probabilities"):
+        energy.kl_divergence(logits, targets[:, :2])

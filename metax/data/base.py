@@ -29,9 +29,14 @@ class MetaBatch(NamedTuple):
 
 
 class TaskSampler(NamedTuple):
-    """``sample_task(rng) -> MetaBatch`` of a single task (no task axis); pure and jit-able."""
+    """``sample_task(rng) -> MetaBatch`` of a single task (no task axis); pure and jit-able.
+
+    Regression samplers also give ``target_fn(rng, x) -> y``: the ground truth of the task
+    that ``sample_task(rng)`` draws, at any inputs ``x (n, d)`` (for figures); None otherwise.
+    """
 
     sample_task: Callable[[PRNGKey], MetaBatch]
+    target_fn: Callable[[PRNGKey, Array], Array] | None = None
 
 
 def sample_meta_batch(

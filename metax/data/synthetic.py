@@ -85,7 +85,10 @@ def _regression_sampler(
             test=Dataset(x[num_train_shots:], y[num_train_shots:], info),
         )
 
-    return TaskSampler(sample_task)
+    def target_fn(rng: PRNGKey, x: Array) -> Array:
+        return fn(jax.random.split(rng)[1], x, ood)
+
+    return TaskSampler(sample_task, target_fn)
 
 
 @gin.register(module="metax.data")

@@ -1,0 +1,43 @@
+"""Every script in examples/ runs in short mode and lowers its post-adaptation query loss."""
+
+import os
+import re
+import runpy
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+# Meta-steps in short mode: enough for each to improve on its initialization.
+SHORT_STEPS = {
+    "maml_sinusoid": 300,
+    "gainmod_reptile": 300,
+    "anil_evolution": 300,
+    "cavia_conjugate_gradient": 100,
+    "compsyn_eqprop": 100,
+    "custom_model": 300,
+}
+
+
+def test_every_example_is_tested():
+    scripts = {name[:-3] for name in os.listdir(EXAMPLES) if name.endswith(".py")}
+    assert scripts == set(SHORT_STEPS)
+
+
+@pytest.mark.parametrize("name", sorted(SHORT_STEPS))
+def test_example_lowers_its_post_adaptation_loss(name, monkeypatch, capsys, tmp_path):
+    figure = tmp_path / f"{name}.png"
+    monkeypatch.setenv("METAX_EXAMPLE_STEPS", str(SHORT_STEPS[name]))
+    monkeypatch.setattr(sys, "argv", [name, "--figure", str(figure)])
+    runpy.run_path(os.path.join(EXAMPLES, f"{name}.py"), run_name="__main__")
+    output = capsys.readouterr().out
+    match = re.search(r"post-adaptation query loss: ([\d.]+) -> ([\d.]+)", output)
+    assert match, output
+    initial, final = map(float, match.groups())
+    assert final < initial, output
+    # The figure of 4 held-out tasks: a PNG of 4 panels of 240 x 240 pixels.
+    with Image.open(figure) as image:
+        assert image.format == "PNG" and image.size == (960, 240)
+        assert np.asarray(image.convert("L")).std() > 0  # Not blank.
