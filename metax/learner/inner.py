@@ -96,7 +96,9 @@ def adapt(
     )
     # Short loops are unrolled: XLA then fuses across steps, and on CPU a while loop's
     # per-iteration cost dominates small models (W1 benchmark: 0.70x -> 0.95x of hand-written).
-    unroll = num_steps <= MAX_UNROLLED_STEPS
+    # Not under remat: XLA's optimizations across an unrolled body undo jax.checkpoint
+    # (W2, K = 10: 0.26 GB of temporaries with or without it; rolled: see README).
+    unroll = num_steps <= MAX_UNROLLED_STEPS and not remat
     (params, state, _, meta_grads), (losses, grad_norms) = jax.lax.scan(
         jax.checkpoint(step) if remat else step,
         carry,
