@@ -27,7 +27,8 @@ def make(name):
             num_inner_steps=5,
         )
     if name == "fewshot_maml":
-        model = nn.sequential(body=nn.conv4(num_channels=4, pooling="strided"), head=nn.linear(3))
+        body = nn.conv4(num_channels=4, num_blocks=2, pooling="strided")
+        model = nn.sequential(body=body, head=nn.linear(3))
         return learner.maml(
             module.learned_init(model, loss_fn=energy.cross_entropy),
             optax.sgd(0.4),

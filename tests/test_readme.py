@@ -9,7 +9,7 @@ README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 def test_python_example_runs():
     with open(README) as f:
         text = f.read()
-    code = re.search(r"## Using metax from Python\n\n```python\n(.*?)```", text, re.S).group(1)
+    code = re.search(r"## Using metax from Python\n.*?```python\n(.*?)```", text, re.S).group(1)
     assert "range(1000)" in code
     namespace = {}
     exec(code.replace("range(1000)", "range(5)"), namespace)
