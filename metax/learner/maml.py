@@ -94,10 +94,6 @@ def maml(
         )(meta_batch, task_keys(rng, num_tasks(meta_batch)))
         return jnp.mean(losses), metrics
 
-    def task_grad(meta_params, model_state, task, rng):
-        grads, metrics = jax.grad(task_loss, has_aux=True)(meta_params, model_state, task, rng)
-        return grads, metrics
-
     def mean_meta_grad(meta_params, model_state, meta_batch, rng):
         n = num_tasks(meta_batch)
         chunk = resolve_task_chunk(task_chunk, n, meta_params)
@@ -109,7 +105,9 @@ def maml(
             )
             return grads, metrics
         return mean_over_tasks(
-            lambda task, key: task_grad(meta_params, model_state, task, key),
+            lambda task, key: jax.grad(task_loss, has_aux=True)(
+                meta_params, model_state, task, key
+            ),
             meta_batch,
             task_keys(rng, n),
             task_chunk=chunk,
