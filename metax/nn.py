@@ -173,17 +173,41 @@ def conv2d(x: Array, w: Array, stride: int = 1, impl: str = "auto") -> Array:
     return patches @ w.reshape(kh * kw * c_in, c_out)
 
 
+def _window_argmax(a: Array, b: Array, c: Array, d: Array) -> Array:
+    """Index (int8, 0..3) of the first largest of four same-shaped arrays; NaN counts as
+    largest, so that a NaN input reaches the output as `jnp.max` would pass it on."""
+    take_b = (b > a) | jnp.isnan(b)
+    take_d = (d > c) | jnp.isnan(d)
+    max_ab, max_cd = jnp.where(take_b, b, a), jnp.where(take_d, d, c)
+    take_cd = (max_cd > max_ab) | jnp.isnan(max_cd)
+    index = jnp.where(take_cd, jnp.where(take_d, 3, 2), jnp.where(take_b, 1, 0))
+    return index.astype(jnp.int8)
+
+
 def max_pool_2x2(x: Array) -> Array:
     """2x2 max-pooling with stride 2, VALID: ``(n, h, w, c) -> (n, h // 2, w // 2, c)``.
 
-    The max of a reshape rather than `jax.lax.reduce_window`, whose gradient (select-and-
-    scatter) and its derivative are slow on XLA:CPU. Same values; the same gradient except
-    on exact ties inside a window, where the gradient is shared among the tied inputs
-    instead of given to the first (after a ReLU the common tie, at 0, has gradient 0 anyway).
+    Each window's output is its input at the window's argmax (first in row-major order on
+    ties, like `jax.lax.reduce_window`), and the gradient flows to that input only. The index
+    is computed once and pinned with `jax.lax.optimization_barrier`, so the forward value and
+    every derivative (first and second order, under `jax.jit` or not) select the same input.
+
+    Guaranteed: every window passes its whole gradient to exactly one of its inputs, one that
+    attains its maximum; values equal `jax.lax.reduce_window`'s max bit for bit, and so do
+    gradients wherever no window holds two inputs equal up to rounding. Not guaranteed before:
+    the gradient of ``jnp.max`` routes through ``x == max(x)``, which under `jax.jit` can
+    compare a recomputed, differently rounded ``x`` (fused multiply-adds) and lose a window's
+    gradient, or divide 0 by 0. Faster on XLA:CPU than `jax.lax.reduce_window`, whose gradient
+    (select-and-scatter) and its derivative are slow there.
     """
     n, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2]
-    return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+    windows = x[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2, c)
+    corners = [windows[:, :, i, :, j] for i in (0, 1) for j in (0, 1)]
+    index = jax.lax.optimization_barrier(_window_argmax(*jax.lax.stop_gradient(corners)))
+    pooled = corners[3]
+    for k in (2, 1, 0):
+        pooled = jnp.where(index == k, corners[k], pooled)
+    return pooled
 
 
 @gin.register(module="metax.nn")
