@@ -162,8 +162,14 @@ class _Evaluator:
 
 class _StopSignals:
     """Notes SIGTERM (preemption, schedulers) and SIGINT (Ctrl-C) instead of dying, so the
-    loop can checkpoint the current step and return. With several processes, orbax's
-    preemption sync point (JAX's preemption notice) makes all of them stop at the same step."""
+    loop can checkpoint the current step and return.
+
+    With several processes no Python handler is installed: `jax.distributed.initialize`
+    installs JAX's preemption notifier for SIGTERM, which a Python handler would replace, and
+    orbax's preemption sync point (`reached_preemption`) then stops every process at the same
+    step. SIGINT keeps its default there (KeyboardInterrupt, no checkpoint): a Ctrl-C reaches
+    one process only, and no public API shares it with the others.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -172,7 +178,8 @@ class _StopSignals:
         self._previous = {}
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        single_process = jax.process_count() == 1
+        if single_process and threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._note)
         return self
@@ -188,7 +195,7 @@ class _StopSignals:
     def should_stop(self, checkpoints: ocp.CheckpointManager, step: int) -> bool:
         if jax.process_count() > 1:
             if checkpoints.reached_preemption(step):
-                self.received = self.received or "a preemption notice"
+                self.received = "a preemption notice (SIGTERM)"
                 return True
             return False
         return self.received is not None

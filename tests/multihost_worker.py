@@ -1,5 +1,5 @@
-"""One process of a multi-process test run: a few meta-steps of each learner named, results
-written by process 0 to OUT_DIR/<learner>.npz.
+"""One process of a multi-process test run: a few meta-steps of each learner named, in
+float64, results written by process 0 to OUT_DIR/<learner>.npz.
 
   python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR LEARNER...
 """
@@ -10,6 +10,8 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 
 import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)  # See test_multihost.py for why.
 import metax_test_learners  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -22,8 +22,21 @@ TINY = [
 ]
 
 
-def launch(workdir, bindings=(), devices=8, gin_file="configs/maml_sinusoid_quick.gin"):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+# Runs compared across device and process counts are float64 (JAX_ENABLE_X64): their sums
+# are ordered differently, and float32 rounding can move a ReLU across its kink and so change
+# a second-order meta-gradient by far more than rounding (see tests/test_multihost.py).
+X64 = {"JAX_ENABLE_X64": "1"}
+SAME_NUMBERS = {"rtol": 1e-12, "atol": 1e-14}
+
+
+def launch(
+    workdir, bindings=(), devices=8, gin_file="configs/maml_sinusoid_quick.gin", env_vars=None
+):
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        **(env_vars or {}),
+    )
     args = [sys.executable, "-m", "launch.train", f"--gin_file={gin_file}", f"--workdir={workdir}"]
     args += [f"--gin_bindings={b}" for b in (*TINY, *bindings)]
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -32,7 +45,7 @@ def launch(workdir, bindings=(), devices=8, gin_file="configs/maml_sinusoid_quic
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    result = launch(workdir)
+    result = launch(workdir, env_vars=X64)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -56,12 +69,12 @@ def test_run_writes_config_events_checkpoints_and_final_metrics(finished_run):
 def test_one_and_eight_devices_give_the_same_numbers(finished_run, tmp_path):
     workdir, _ = finished_run
     eight = json.loads((workdir / "final_metrics.json").read_text())
-    result = launch(tmp_path / "one", devices=1)
+    result = launch(tmp_path / "one", devices=1, env_vars=X64)
     assert result.returncode == 0, result.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "final_metrics.json").read_text())
     for key, value in one.items():
         if key != "wall_time_s":
-            np.testing.assert_allclose(eight[key], value, rtol=1e-5, err_msg=key)
+            np.testing.assert_allclose(eight[key], value, **SAME_NUMBERS, err_msg=key)
 
 
 def read_meta_params(path):
@@ -79,25 +92,24 @@ def read_meta_params(path):
     return np.asarray(ravel_pytree(checkpointer.restore(path, abstract)["meta_params"])[0])
 
 
-def test_two_processes_give_the_same_run_as_one(finished_run, tmp_path):
+def test_two_processes_give_the_same_run_as_one(finished_run, tmp_path, x64):
     """2 processes x 4 devices (jax.distributed on 127.0.0.1) against the 8-device run:
     same final metrics and checkpointed meta-parameters; only process 0 prints."""
     from test_multihost import free_port, launcher, run_processes
 
     workdir, _ = finished_run
     port = free_port()
-    outputs = run_processes([launcher(tmp_path / "two", i, port) for i in range(2)])
+    outputs = run_processes([launcher(tmp_path / "two", i, port) for i in range(2)], X64)
     assert "metax: writing to" in outputs[0] and "metax: writing to" not in outputs[1]
     two = json.loads((tmp_path / "two" / "final_metrics.json").read_text())
     one = json.loads((workdir / "final_metrics.json").read_text())
     for key, value in one.items():
         if key != "wall_time_s":
-            np.testing.assert_allclose(two[key], value, rtol=1e-5, err_msg=key)
+            np.testing.assert_allclose(two[key], value, **SAME_NUMBERS, err_msg=key)
+    two_params = read_meta_params(tmp_path / "two" / "checkpoints" / "20" / "default")
+    assert two_params.dtype == np.float64
     np.testing.assert_allclose(
-        read_meta_params(tmp_path / "two" / "checkpoints" / "20" / "default"),
-        read_meta_params(workdir / "checkpoints" / "20" / "default"),
-        rtol=1e-5,
-        atol=1e-7,
+        two_params, read_meta_params(workdir / "checkpoints" / "20" / "default"), **SAME_NUMBERS
     )
 
 
