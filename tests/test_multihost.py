@@ -158,7 +158,8 @@ def test_sigterm_on_two_processes_saves_the_same_step_and_resumes_bitwise(tmp_pa
     port, workdir = free_port(), tmp_path / "preempted"
     logs = [tmp_path / f"process_{i}.log" for i in range(2)]
     # Long enough that SIGTERM arrives mid-run; the resumed run is shortened to step + 20.
-    long_run = ["train.num_steps = 1000000", "train.checkpoint_every = 1000000"]
+    no_periodic = ["train.checkpoint_every = 1000000", "train.eval_every = 1000000"]
+    long_run = ["train.num_steps = 1000000", *no_periodic]
     procs = [
         subprocess.Popen(
             launcher(workdir, i, port) + [f"--gin_bindings={b}" for b in long_run],
@@ -191,7 +192,7 @@ def test_sigterm_on_two_processes_saves_the_same_step_and_resumes_bitwise(tmp_pa
         assert f"at step {step}: saved the checkpoint of step {step}" in text, text[-2000:]
     assert int(read_checkpoint(workdir, step)["step"]) == step
 
-    end = [f"train.num_steps = {step + 20}", "train.checkpoint_every = 1000000"]
+    end = [f"train.num_steps = {step + 20}", *no_periodic]
     for folder in (workdir, tmp_path / "uninterrupted"):
         port = free_port()
         run_processes(
