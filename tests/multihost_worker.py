@@ -7,7 +7,9 @@ float64, results written by process 0 to OUT_DIR/<learner>.npz.
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+from xla_flags import with_device_count
+
+os.environ["XLA_FLAGS"] = with_device_count(4)
 
 import jax  # noqa: E402
 

@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from xla_flags import with_device_count
 
 from metax import checks, data, energy, module, nn
 
@@ -35,7 +36,7 @@ def launch_error(tmp_path, args, env=None, workdir=None):
     result = subprocess.run(
         [sys.executable, "-m", "launch.train", f"--workdir={workdir}", *args],
         cwd=REPO,
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", **(env or {})),
+        env=dict(os.environ, XLA_FLAGS=with_device_count(8), **(env or {})),
         capture_output=True,
         text=True,
         timeout=120,

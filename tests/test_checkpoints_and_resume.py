@@ -13,9 +13,10 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from xla_flags import with_device_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+ENV = dict(os.environ, XLA_FLAGS=with_device_count(2))
 STEPS = 60  # Long enough (seconds) to be killed at a random moment.
 RUN = [
     f"train.num_steps = {STEPS}",

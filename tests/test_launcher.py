@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from xla_flags import with_device_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -34,7 +35,7 @@ def launch(
 ):
     env = dict(
         os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=with_device_count(devices),
         **(env_vars or {}),
     )
     args = [sys.executable, "-m", "launch.train", f"--gin_file={gin_file}", f"--workdir={workdir}"]

@@ -24,6 +24,7 @@ import metax_test_learners
 import numpy as np
 import pytest
 from test_launcher import REPO, TINY
+from xla_flags import with_device_count
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -36,7 +37,7 @@ def free_port() -> int:
 
 def run_processes(commands, env_vars=None, timeout=240):
     """Starts one subprocess per command, waits for all, kills all on timeout or failure."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", **(env_vars or {}))
+    env = dict(os.environ, XLA_FLAGS=with_device_count(4), **(env_vars or {}))
     procs = [
         subprocess.Popen(
             c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -113,7 +114,7 @@ def launcher(workdir, process_id=None, port=None, timeout_s=60):
 
 
 def test_a_missing_process_fails_within_the_timeout_with_a_clear_message(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS=with_device_count(4))
     start = time.time()
     result = subprocess.run(
         launcher(tmp_path / "alone", 0, free_port(), timeout_s=5),
@@ -154,7 +155,7 @@ def test_sigterm_on_two_processes_saves_the_same_step_and_resumes_bitwise(tmp_pa
     notifier must see it (a Python SIGTERM handler used to replace it, so the run trained on
     until killed): both stop at the same step, save it and exit 0; the resumed run ends
     bitwise equal to an uninterrupted 2-process run."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS=with_device_count(4))
     port, workdir = free_port(), tmp_path / "preempted"
     logs = [tmp_path / f"process_{i}.log" for i in range(2)]
     # Long enough that SIGTERM arrives mid-run; the resumed run is shortened to step + 20.

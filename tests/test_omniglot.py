@@ -6,6 +6,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from xla_flags import with_device_count
 
 from metax.data import fewshot, omniglot
 
@@ -143,7 +144,7 @@ def test_launcher_runs_omniglot_and_shows_the_first_episode_in_tensorboard(tmp_p
 
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=with_device_count(2),
         METAX_OMNIGLOT_DIR=ZIPS,
         METAX_TFDS_DIR=str(tmp_path / "tfds"),
     )
