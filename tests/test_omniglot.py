@@ -24,7 +24,7 @@ def prepared(tmp_path_factory):
     return omniglot.prepare(ZIPS, str(tmp_path_factory.mktemp("tfds")))
 
 
-def test_minimal_splits_are_prepared_and_read_back_without_tensorflow(prepared):
+def test_minimal_splits_are_prepared_and_read_back(prepared):
     assert {s: prepared.info.splits[s].num_examples for s in ("small1", "small2")} == {
         "small1": 2720,
         "small2": 3120,
@@ -38,9 +38,25 @@ def test_minimal_splits_are_prepared_and_read_back_without_tensorflow(prepared):
     # Greek and Latin are in both zips: the minimal meta-test set is small2's other alphabets.
     test_classes = small2[~np.isin(alphabets2, alphabets1)]
     assert len(set(alphabets2) - set(alphabets1)) == 3 and len(test_classes) > 0
-    assert "tensorflow" not in sys.modules
     episode = fewshot(test_classes, ways=5, shots=1, queries=5).sample_task(jax.random.key(0))
     assert episode.train.x.shape == (5, 28, 28, 1) and episode.test.x.shape == (25, 28, 28, 1)
+
+
+def test_preparing_and_reading_omniglot_imports_no_tensorflow(prepared, tmp_path):
+    """In a fresh process: the test process may have imported TensorFlow for another test (the
+    training loop's clu writers), which would make an in-process check depend on test order."""
+    import subprocess
+
+    code = (
+        "import sys; from metax.data import omniglot; "
+        f"builder = omniglot.prepare({ZIPS!r}, {str(tmp_path)!r}); "
+        "omniglot.load_classes(builder, 'small2'); "
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_missing_data_fails_at_once_with_instructions(tmp_path):
