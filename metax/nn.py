@@ -193,8 +193,9 @@ def max_pool_2x2(x: Array) -> Array:
     every derivative (first and second order, under `jax.jit` or not) select the same input.
 
     Guaranteed: every window passes its whole gradient to exactly one of its inputs, one that
-    attains its maximum; values equal `jax.lax.reduce_window`'s max bit for bit, and so do
-    gradients wherever no window holds two inputs equal up to rounding. Not guaranteed before:
+    attains its maximum (up to the rounding of the operand where XLA recomputes it); values
+    and gradients equal `jax.lax.reduce_window`'s (bit for bit op by op, tested), except where
+    a window holds two inputs equal up to rounding. Not guaranteed before:
     the gradient of ``jnp.max`` routes through ``x == max(x)``, which under `jax.jit` can
     compare a recomputed, differently rounded ``x`` (fused multiply-adds) and lose a window's
     gradient, or divide 0 by 0. Faster on XLA:CPU than `jax.lax.reduce_window`, whose gradient
