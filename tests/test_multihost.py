@@ -23,6 +23,7 @@ import jax
 import metax_test_learners
 import numpy as np
 import pytest
+from test_checkpoints_and_resume import checkpoint_steps
 from test_launcher import REPO, TINY
 from xla_flags import with_device_count
 
@@ -145,11 +146,6 @@ def read_checkpoint(workdir, step):
         return jax.device_get(checkpointer.restore(path, abstract))
 
 
-def checkpoint_steps(workdir) -> list[int]:
-    folder = workdir / "checkpoints"
-    return sorted(int(s) for s in os.listdir(folder) if s.isdigit()) if folder.exists() else []
-
-
 def test_sigterm_on_two_processes_saves_the_same_step_and_resumes_bitwise(tmp_path):
     """A preempted pod slice: SIGTERM to both processes while they train. JAX's preemption
     notifier must see it (a Python SIGTERM handler used to replace it, so the run trained on
@@ -194,11 +190,14 @@ def test_sigterm_on_two_processes_saves_the_same_step_and_resumes_bitwise(tmp_pa
     assert int(read_checkpoint(workdir, step)["step"]) == step
 
     end = [f"train.num_steps = {step + 20}", *no_periodic]
-    for folder in (workdir, tmp_path / "uninterrupted"):
-        port = free_port()
-        run_processes(
+    outputs = {
+        folder: run_processes(
             [launcher(folder, i, port) + [f"--gin_bindings={b}" for b in end] for i in range(2)]
         )
+        for folder, port in ((workdir, free_port()), (tmp_path / "uninterrupted", free_port()))
+    }
+    resumed = outputs[workdir]
+    assert f"Resumed from the checkpoint of step {step}" in resumed[0], resumed[0][-2000:]
     assert checkpoint_steps(tmp_path / "uninterrupted") == [step + 20]
     assert checkpoint_steps(workdir) == [step, step + 20]
     jax.tree.map(
