@@ -111,7 +111,7 @@ def reference_maml(loss_fn, num_steps, lr, first_order, optimizer):
 
         def meta_loss(p):
             losses, metrics = jax.vmap(task_loss, in_axes=(None, 0, 0, 0, 0))(
-                p, batch.train.x, batch.train.y, batch.test.x, batch.test.y
+                p, batch.support.x, batch.support.y, batch.query.x, batch.query.y
             )
             return jnp.mean(losses), metrics
 
@@ -165,7 +165,7 @@ def _reference_from_task_grads(task_grad, optimizer):
     def step(state, batch):
         params, opt_state = state
         grads, metrics = jax.vmap(task_grad, in_axes=(None, 0, 0, 0, 0))(
-            params, batch.train.x, batch.train.y, batch.test.x, batch.test.y
+            params, batch.support.x, batch.support.y, batch.query.x, batch.query.y
         )
         grads = jax.tree.map(lambda g: jnp.mean(g, 0), grads)
         updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -1,6 +1,7 @@
 """Checks that a run's pieces fit together, done on shapes before anything is compiled."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metax.data.base import MetaBatch
@@ -11,12 +12,43 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def check_meta_batch(meta_batch: MetaBatch) -> None:
+    """Raises a ValueError unless ``meta_batch`` has a leading task axis: support and query
+    inputs ``(tasks, n, *input_shape)``, targets ``(tasks, n, ...)``, the same ``tasks``
+    throughout. (A single task, as ``sampler.sample_task`` returns it, would otherwise be read
+    as many one-sample tasks.) Shapes only; fine under jit."""
+    parts = {"support": meta_batch.support, "query": meta_batch.query}
+    for name, part in parts.items():
+        if jnp.ndim(part.x) < 3 or jnp.ndim(part.y) < 2:
+            raise ValueError(
+                f"The meta-batch has no task axis: its {name} inputs have shape "
+                f"{tuple(jnp.shape(part.x))} and targets {tuple(jnp.shape(part.y))}, but a "
+                f"meta-batch holds (tasks, samples, ...) arrays. Draw one with "
+                f"metax.data.sample_meta_batch(sampler, rng, num_tasks), or give one task a "
+                f"task axis with jax.tree.map(lambda a: a[None], task)."
+            )
+    leading = {
+        f"{name}.{field}": tuple(jnp.shape(getattr(part, field))[:2])
+        for name, part in parts.items()
+        for field in ("x", "y")
+    }
+    tasks = {shape[0] for shape in leading.values()}
+    samples_agree = all(leading[f"{name}.x"][1] == leading[f"{name}.y"][1] for name in parts)
+    if len(tasks) > 1 or not samples_agree:
+        raise ValueError(
+            f"The meta-batch's arrays disagree on (tasks, samples): {leading}. Support and "
+            f"query must have the same number of tasks, and inputs and targets the same number "
+            f"of samples."
+        )
+
+
 def check_model_fits_data(meta_model: MetaModel, episode: MetaBatch) -> None:
     """Raises a ValueError naming both shapes unless ``meta_model`` maps one task's support
-    inputs ``episode.train.x: (n, *input_shape)`` to predictions that fit its targets:
+    inputs ``episode.support.x: (n, *input_shape)`` to predictions that fit its targets:
     ``(n, *target_shape)`` for float targets, ``(n, classes)`` with ``classes`` above every
-    integer label. Works on shapes only (`jax.eval_shape`); costs no compilation."""
-    x, y = episode.train.x, np.asarray(episode.train.y)
+    integer label (checked when the labels are concrete, i.e. not under jit). Works on shapes
+    only (`jax.eval_shape`); costs no compilation."""
+    x, y = episode.support.x, episode.support.y
     key = jax.random.key(0)
     try:
         meta_params, state = jax.eval_shape(meta_model.init, key, x)
@@ -32,7 +64,8 @@ def check_model_fits_data(meta_model: MetaModel, episode: MetaBatch) -> None:
             f"(e.g. conv4 for images, mlp for vectors)."
         ) from None
     if np.issubdtype(y.dtype, np.integer):
-        classes = int(y.max()) + 1
+        concrete = not isinstance(y, jax.core.Tracer)
+        classes = int(np.max(y)) + 1 if concrete else out.shape[-1]
         if out.shape[:-1] != y.shape or out.shape[-1] < classes:
             raise ValueError(
                 f"The model outputs shape {tuple(out.shape)} but the tasks are {classes}-way "

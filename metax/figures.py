@@ -20,7 +20,7 @@ _HEADER_HEIGHT = 14
 def is_image_episode(episode: MetaBatch) -> bool:
     """Whether a single task's support inputs are images ``(n, h, w, c)`` with 1 or 3 channels
     and integer class labels ``(n,)``."""
-    x, y = episode.train.x, episode.train.y
+    x, y = episode.support.x, episode.support.y
     return (
         np.ndim(x) == 4
         and x.shape[-1] in (1, 3)
@@ -34,8 +34,8 @@ def episode_grid(episode: MetaBatch) -> np.ndarray:
     left), its support images, a gap, then its query images (images in [0, 1])."""
     from PIL import Image, ImageDraw
 
-    support_x, support_y = np.asarray(episode.train.x), np.asarray(episode.train.y)
-    query_x, query_y = np.asarray(episode.test.x), np.asarray(episode.test.y)
+    support_x, support_y = np.asarray(episode.support.x), np.asarray(episode.support.y)
+    query_x, query_y = np.asarray(episode.query.x), np.asarray(episode.query.y)
     labels = np.unique(np.concatenate([support_y, query_y]))
     h, w = support_x.shape[1:3]
     cell_h, cell_w = h * _SCALE + _PAD, w * _SCALE + _PAD
@@ -109,7 +109,7 @@ def regression_curves(
     @jax.jit
     def curves(state, rng):
         batch = sample_meta_batch(sampler, rng, num_tasks)
-        inputs = jnp.concatenate([batch.train.x, batch.test.x], axis=1)
+        inputs = jnp.concatenate([batch.support.x, batch.query.x], axis=1)
         grid = jnp.linspace(jnp.min(inputs), jnp.max(inputs), num_points)[:, None]
 
         def one(task, key):
@@ -117,13 +117,13 @@ def regression_curves(
                 state.meta_params, p, s, key, grid, is_training=False
             )[0][:, 0]
             params_0, model_state = meta_model.reset(key, state.meta_params, state.model_state)
-            params, adapted_state = learner.adapt(state, task.train, key, num_inner_steps)
+            params, adapted_state = learner.adapt(state, task.support, key, num_inner_steps)
             truth = sampler.target_fn(key, grid)[:, 0]
             return truth, predict(params_0, model_state), predict(params, adapted_state)
 
         keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_tasks))
         truth, before, after = jax.vmap(one)(batch, keys)
-        return grid[:, 0], truth, before, after, batch.train.x[..., 0], batch.train.y[..., 0]
+        return grid[:, 0], truth, before, after, batch.support.x[..., 0], batch.support.y[..., 0]
 
     return RegressionCurves(*curves(state, rng))
 

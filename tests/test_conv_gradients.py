@@ -103,7 +103,7 @@ def test_maml_meta_gradient_of_conv4_under_jit(x64, pooling, batch_norm, first_o
     jitted = np.asarray(jax.jit(meta_gradient)(flat))
     assert np.all(np.isfinite(jitted))
     if first_order:
-        params, model_states = jax.vmap(lambda s: maml.adapt(state, s, rng, 1))(batch.train)
+        params, model_states = jax.vmap(lambda s: maml.adapt(state, s, rng, 1))(batch.support)
 
         @jax.jit
         def query_loss(vector):  # Every task's adapted parameters moved by the same vector.
@@ -113,7 +113,7 @@ def test_maml_meta_gradient_of_conv4_under_jit(x64, pooling, batch_norm, first_o
                 moved = jax.tree.map(jnp.add, p, shift)
                 return maml.meta_model.outer_energy(state.meta_params, moved, s, rng, query)[0]
 
-            return jnp.mean(jax.vmap(one)(params, model_states, batch.test))
+            return jnp.mean(jax.vmap(one)(params, model_states, batch.query))
 
         assert_directional_derivatives(query_loss, jnp.zeros_like(flat), jitted)
         return

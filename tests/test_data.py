@@ -12,9 +12,9 @@ from metax import data
 
 def test_sinusoid_shapes_and_paper_ranges():
     batch = data.sample_meta_batch(data.sinusoid(), jax.random.key(0), 500)
-    assert batch.train.x.shape == (500, 10, 1) and batch.test.y.shape == (500, 10, 1)
-    x = np.concatenate([batch.train.x, batch.test.x], axis=1)
-    y = np.concatenate([batch.train.y, batch.test.y], axis=1)
+    assert batch.support.x.shape == (500, 10, 1) and batch.query.y.shape == (500, 10, 1)
+    x = np.concatenate([batch.support.x, batch.query.x], axis=1)
+    y = np.concatenate([batch.support.y, batch.query.y], axis=1)
     assert x.min() >= -5 and x.max() <= 5
     # Recover A and phi per task from y = A sin(x - phi) by least squares on [sin x, cos x].
     basis = np.stack([np.sin(x[..., 0]), np.cos(x[..., 0])], axis=-1)
@@ -24,7 +24,7 @@ def test_sinusoid_shapes_and_paper_ranges():
     amplitude = np.hypot(coef[:, 0], coef[:, 1])
     phase = np.arctan2(-coef[:, 1], coef[:, 0])
     np.testing.assert_allclose(
-        np.concatenate([batch.train.y, batch.test.y], 1)[..., 0],
+        np.concatenate([batch.support.y, batch.query.y], 1)[..., 0],
         amplitude[:, None] * np.sin(x[..., 0] - phase[:, None]),
         atol=1e-4,
     )
@@ -35,7 +35,7 @@ def test_sinusoid_shapes_and_paper_ranges():
 
 def test_ood_sinusoid_amplitudes_lie_outside_the_training_range():
     batch = data.sample_meta_batch(data.sinusoid(mode="ood"), jax.random.key(0), 200)
-    peak = np.abs(np.concatenate([batch.train.y, batch.test.y], 1)).max(axis=(1, 2))
+    peak = np.abs(np.concatenate([batch.support.y, batch.query.y], 1)).max(axis=(1, 2))
     assert peak.max() <= 10.0 + 1e-4 and np.median(peak) > 5.0
 
 
@@ -46,7 +46,7 @@ def test_task_i_does_not_depend_on_how_the_batch_is_split():
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a[8:], b), whole, second_half)
     again = data.sample_meta_batch(sampler, jax.random.key(3), 16)
     jax.tree.map(np.testing.assert_array_equal, whole, again)
-    assert not np.allclose(whole.train.y[0], whole.train.y[1])
+    assert not np.allclose(whole.support.y[0], whole.support.y[1])
 
 
 @pytest.mark.parametrize(
@@ -56,8 +56,8 @@ def test_task_i_does_not_depend_on_how_the_batch_is_split():
 def test_families_shapes_and_ranges(name, mode):
     sampler = getattr(data, name)(num_train_shots=5, num_test_shots=15, mode=mode)
     batch = data.sample_meta_batch(sampler, jax.random.key(1), 64)
-    y = np.concatenate([batch.train.y, batch.test.y], 1)
-    assert batch.train.x.shape == (64, 5, 1) and batch.test.y.shape == (64, 15, 1)
+    y = np.concatenate([batch.support.y, batch.query.y], 1)
+    assert batch.support.x.shape == (64, 5, 1) and batch.query.y.shape == (64, 15, 1)
     assert np.isfinite(y).all()
     bound = {
         ("harmonic", "train"): 1.0,
@@ -79,14 +79,14 @@ def test_families_shapes_and_ranges(name, mode):
 
 def test_family_mixture_labels_members():
     batch = data.sample_meta_batch(data.family(), jax.random.key(2), 400)
-    ids = np.asarray(batch.train.info["task_id"])
-    np.testing.assert_array_equal(ids, batch.test.info["task_id"])
+    ids = np.asarray(batch.support.info["task_id"])
+    np.testing.assert_array_equal(ids, batch.query.info["task_id"])
     assert set(ids.tolist()) == set(range(len(data.FAMILY_NAMES)))
     # Linear members (id 1) are affine in x: their second differences vanish after sorting.
     linear_tasks = np.where(ids == data.FAMILY_NAMES.index("linear"))[0]
     for t in linear_tasks[:5]:
-        x = np.concatenate([batch.train.x[t], batch.test.x[t]])[:, 0]
-        y = np.concatenate([batch.train.y[t], batch.test.y[t]])[:, 0]
+        x = np.concatenate([batch.support.x[t], batch.query.x[t]])[:, 0]
+        y = np.concatenate([batch.support.y[t], batch.query.y[t]])[:, 0]
         slope = np.polyfit(x, y, 1)
         np.testing.assert_allclose(np.polyval(slope, x), y, atol=1e-5)
 
@@ -94,7 +94,7 @@ def test_family_mixture_labels_members():
 def test_sampling_runs_inside_jit():
     sample = jax.jit(lambda key: data.sample_meta_batch(data.family(), key, 8))
     batch = sample(jax.random.key(0))
-    assert batch.train.x.shape == (8, 10, 1) and batch.train.x.dtype == jnp.float32
+    assert batch.support.x.shape == (8, 10, 1) and batch.support.x.dtype == jnp.float32
 
 
 def test_bad_arguments():

@@ -20,21 +20,21 @@ def coded_images():
 def test_episode_shapes_labels_and_disjoint_examples():
     sampler = fewshot(coded_images(), ways=5, shots=2, queries=3)
     batch = jax.jit(lambda k: data.sample_meta_batch(sampler, k, 16))(jax.random.key(0))
-    assert batch.train.x.shape == (16, 10, 2, 2, 1) and batch.test.x.shape == (16, 15, 2, 2, 1)
-    assert batch.train.y.dtype == jnp.int32
+    assert batch.support.x.shape == (16, 10, 2, 2, 1) and batch.query.x.shape == (16, 15, 2, 2, 1)
+    assert batch.support.y.dtype == jnp.int32
     for t in range(16):
-        classes = np.asarray(batch.train.info["classes"][t])
+        classes = np.asarray(batch.support.info["classes"][t])
         assert len(set(classes.tolist())) == 5  # Distinct classes.
-        for part, n in ((batch.train, 2), (batch.test, 3)):
+        for part, n in ((batch.support, 2), (batch.query, 3)):
             codes = np.asarray(part.x[t, :, 0, 0, 0]).astype(int)
             labels = np.asarray(part.y[t])
             np.testing.assert_array_equal(labels, np.repeat(np.arange(5), n))
             np.testing.assert_array_equal(codes // 1000, classes[labels])  # Label -> class.
-        support = set(np.asarray(batch.train.x[t, :, 0, 0, 0]).astype(int).tolist())
-        query = set(np.asarray(batch.test.x[t, :, 0, 0, 0]).astype(int).tolist())
+        support = set(np.asarray(batch.support.x[t, :, 0, 0, 0]).astype(int).tolist())
+        query = set(np.asarray(batch.query.x[t, :, 0, 0, 0]).astype(int).tolist())
         assert len(support) == 10 and len(query) == 15 and not support & query
     # Labels are permuted per episode: the class behind label 0 varies.
-    assert len(set(np.asarray(batch.train.info["classes"][:, 0]).tolist())) > 1
+    assert len(set(np.asarray(batch.support.info["classes"][:, 0]).tolist())) > 1
 
 
 def test_episodes_are_deterministic_per_key_and_differ_across_keys():
@@ -43,7 +43,7 @@ def test_episodes_are_deterministic_per_key_and_differ_across_keys():
     b = data.sample_meta_batch(sampler, jax.random.key(1), 4)
     c = data.sample_meta_batch(sampler, jax.random.key(2), 4)
     jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert not np.array_equal(a.train.x, c.train.x)
+    assert not np.array_equal(a.support.x, c.support.x)
 
 
 def test_sampling_needs_no_host_transfer_once_compiled():
@@ -59,11 +59,11 @@ def test_rotations_become_separate_classes():
     images = np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4, 1).astype(np.uint8)
     sampler = fewshot(images, ways=8, shots=1, queries=2, rotations=True)
     episode = sampler.sample_task(jax.random.key(0))
-    classes = np.asarray(episode.train.info["classes"])
+    classes = np.asarray(episode.support.info["classes"])
     assert sorted(classes.tolist()) == list(range(8))  # 2 classes x 4 rotations, all drawn.
     for label, cls in enumerate(classes):
         base, turns = cls % 2, cls // 2
-        x = np.asarray(episode.train.x[label, :, :, 0])  # Scaled from uint8 to [0, 1].
+        x = np.asarray(episode.support.x[label, :, :, 0])  # Scaled from uint8 to [0, 1].
         candidates = [np.rot90(images[base, i, :, :, 0], turns) / 255.0 for i in range(3)]
         assert any(np.allclose(x, c) for c in candidates)
 

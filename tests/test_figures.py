@@ -35,10 +35,10 @@ def test_regression_curves_show_the_truth_and_the_adaptation():
     curves = figures.regression_curves(maml, state, sampler, key, 10, num_tasks=3)
     tasks = data.sample_meta_batch(sampler, key, 3)
     assert curves.truth.shape == curves.before.shape == curves.after.shape == (3, 200)
-    np.testing.assert_array_equal(curves.support_x, tasks.train.x[..., 0])
+    np.testing.assert_array_equal(curves.support_x, tasks.support.x[..., 0])
     # The ground truth passes through the task's own points; before adaptation every task
     # gets the same prediction, after adaptation it is closer to the truth.
-    x, y = tasks.train.x[0, :, 0], tasks.train.y[0, :, 0]
+    x, y = tasks.support.x[0, :, 0], tasks.support.y[0, :, 0]
     np.testing.assert_allclose(np.interp(x, curves.grid, curves.truth[0]), y, atol=0.05)
     np.testing.assert_allclose(curves.before[0], curves.before[1])
     error = lambda p: np.mean((p - curves.truth) ** 2)  # noqa: E731

@@ -37,8 +37,8 @@ def design(x):
 
 
 def task_terms(batch, t):
-    z, zq = design(batch.train.x[t]), design(batch.test.x[t])
-    y, yq = np.asarray(batch.train.y[t]), np.asarray(batch.test.y[t])
+    z, zq = design(batch.support.x[t]), design(batch.query.x[t])
+    y, yq = np.asarray(batch.support.y[t]), np.asarray(batch.query.y[t])
     return (
         2 / len(z) * z.T @ z,
         2 / len(z) * z.T @ y,
@@ -54,7 +54,7 @@ def flat(params):
 def exact_hypergradient(theta, batch, inverse=None):
     """lam * inverse(H) v averaged over tasks; ``inverse(H)`` defaults to H^-1."""
     grads = []
-    for t in range(batch.train.x.shape[0]):
+    for t in range(batch.support.x.shape[0]):
         A, c, B, cq = task_terms(batch, t)
         H = A + LAM * np.eye(len(A))
         phi = np.linalg.solve(H, c + LAM * theta)
@@ -150,8 +150,8 @@ def test_reptile_closed_form(x64):
     theta = flat(state.meta_params["init"])
     expected = []
     for t in range(2):
-        z = design(np.concatenate([batch.train.x[t], batch.test.x[t]]))
-        y = np.concatenate([batch.train.y[t], batch.test.y[t]])
+        z = design(np.concatenate([batch.support.x[t], batch.query.x[t]]))
+        y = np.concatenate([batch.support.y[t], batch.query.y[t]])
         A, c = 2 / len(z) * z.T @ z, 2 / len(z) * z.T @ y
         a = np.linalg.solve(A, c)
         expected.append(
@@ -167,8 +167,8 @@ def test_buffered_reptile_sums_the_partial_meta_gradients(x64):
     lrn, state, batch, theta, alpha = build(learner.buffered_reptile, num_inner_steps=6)
     expected = []
     for t in range(2):
-        z = design(np.concatenate([batch.train.x[t], batch.test.x[t]]))
-        y = np.concatenate([batch.train.y[t], batch.test.y[t]])
+        z = design(np.concatenate([batch.support.x[t], batch.query.x[t]]))
+        y = np.concatenate([batch.support.y[t], batch.query.y[t]])
         A, c = 2 / len(z) * z.T @ z, 2 / len(z) * z.T @ y
         phi, total = theta.copy(), np.zeros_like(theta)
         for _ in range(6):
@@ -242,8 +242,8 @@ def test_evolution_moves_the_mean_towards_the_optimum():
         },
     )
     state = lrn.init(jax.random.key(0), batch)
-    zq = np.concatenate([design(batch.test.x[t]) for t in range(4)])
-    yq = np.concatenate([np.asarray(batch.test.y[t]) for t in range(4)])
+    zq = np.concatenate([design(batch.query.x[t]) for t in range(4)])
+    yq = np.concatenate([np.asarray(batch.query.y[t]) for t in range(4)])
     optimum = np.linalg.lstsq(zq, yq, rcond=None)[0]
     best_loss = float(np.mean((zq @ optimum - yq) ** 2))
     step = jax.jit(lrn.meta_step)

@@ -38,7 +38,7 @@ def reference_meta_loss(model, theta, batch, num_steps):
             params = jax.tree.map(lambda p, g: p - ALPHA * g, params, grads)
         return mse(params, test_x, test_y)
 
-    losses = jax.vmap(task_loss)(batch.train.x, batch.train.y, batch.test.x, batch.test.y)
+    losses = jax.vmap(task_loss)(batch.support.x, batch.support.y, batch.query.x, batch.query.y)
     return jnp.mean(losses)
 
 
@@ -85,10 +85,10 @@ def closed_form_maml_gradient(theta, batch, num_steps, first_order, backprop_ste
     through the last T steps only (earlier steps first order) gives (I - alpha A)^T."""
     exact_steps = num_steps if backprop_steps is None else backprop_steps
     grads = []
-    for t in range(batch.train.x.shape[0]):
-        z = np.concatenate([batch.train.x[t], np.ones((batch.train.x.shape[1], 1))], axis=1)
-        z_test = np.concatenate([batch.test.x[t], np.ones((batch.test.x.shape[1], 1))], axis=1)
-        y, y_test = np.asarray(batch.train.y[t]), np.asarray(batch.test.y[t])
+    for t in range(batch.support.x.shape[0]):
+        z = np.concatenate([batch.support.x[t], np.ones((batch.support.x.shape[1], 1))], axis=1)
+        z_test = np.concatenate([batch.query.x[t], np.ones((batch.query.x.shape[1], 1))], axis=1)
+        y, y_test = np.asarray(batch.support.y[t]), np.asarray(batch.query.y[t])
         A = 2.0 / len(z) * z.T @ z
         phi = theta.copy()
         for _ in range(num_steps):
@@ -132,7 +132,9 @@ def test_imaml_regularizer_enters_the_inner_loop(x64):
     def meta_loss(theta):
         def task_loss(task):
             def inner(p):
-                data_loss, _ = energy.squared_error(task.train.x @ p["w"] + p["b"], task.train.y)
+                data_loss, _ = energy.squared_error(
+                    task.support.x @ p["w"] + p["b"], task.support.y
+                )
                 return data_loss + 0.5 * lam * sum(
                     jnp.sum((a - b) ** 2)
                     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(theta), strict=True)
@@ -141,7 +143,7 @@ def test_imaml_regularizer_enters_the_inner_loop(x64):
             p = theta
             for _ in range(2):
                 p = jax.tree.map(lambda a, g: a - ALPHA * g, p, jax.grad(inner)(p))
-            return jnp.mean((task.test.x @ p["w"] + p["b"] - task.test.y) ** 2)
+            return jnp.mean((task.query.x @ p["w"] + p["b"] - task.query.y) ** 2)
 
         return jnp.mean(jax.vmap(task_loss)(batch))
 

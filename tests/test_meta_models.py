@@ -70,23 +70,22 @@ def test_adaptation_changes_exactly_the_task_parameters(name):
     if task_keys is not None:
         assert set(params_0) == task_keys
     lr = META_MODELS[name][1]
-    params, _, _ = learner.adapt(
+    params, *_ = learner.adapt(
         meta_model.inner_energy,
-        optax.sgd(lr),
+        learner.InnerLoop(optax.sgd(lr), 2),
         state.meta_params,
         params_0,
         model_state,
         jax.random.key(2),
-        task.train,
-        num_steps=2,
+        task.support,
     )
     assert jax.tree.structure(params) == jax.tree.structure(params_0)
     for before, after in zip(jax.tree.leaves(params_0), jax.tree.leaves(params), strict=True):
         assert before.shape == after.shape and np.abs(after - before).max() > 0
     predictions, _ = meta_model.apply(
-        state.meta_params, params, model_state, jax.random.key(3), task.test.x, is_training=True
+        state.meta_params, params, model_state, jax.random.key(3), task.query.x, is_training=True
     )
-    assert predictions.shape == task.test.y.shape
+    assert predictions.shape == task.query.y.shape
 
 
 @pytest.mark.parametrize("name", list(META_MODELS))
@@ -169,22 +168,21 @@ def test_anil_adapted_head_matches_closed_form(x64):
     body = tanh_mlp(4, activate_final=True)
     meta_model = module.anil(body, nn.linear(1))
     task = jax.tree.map(lambda a: a[0], sinusoid_batch(dtype=jnp.float64))
-    meta_params, meta_state = meta_model.init(jax.random.key(0), task.train.x)
+    meta_params, meta_state = meta_model.init(jax.random.key(0), task.support.x)
     params_0, _ = meta_model.reset(None, meta_params, meta_state)
     alpha, steps = 0.3, 4
-    params, _, _ = learner.adapt(
+    params, *_ = learner.adapt(
         meta_model.inner_energy,
-        optax.sgd(alpha),
+        learner.InnerLoop(optax.sgd(alpha), steps),
         meta_params,
         params_0,
         meta_state,
         jax.random.key(1),
-        task.train,
-        steps,
+        task.support,
     )
-    features, _ = body.apply(meta_params["body"], {}, None, task.train.x)
+    features, _ = body.apply(meta_params["body"], {}, None, task.support.x)
     z = np.concatenate([features, np.ones((len(features), 1))], axis=1)
-    A, c = 2 / len(z) * z.T @ z, 2 / len(z) * z.T @ np.asarray(task.train.y)
+    A, c = 2 / len(z) * z.T @ z, 2 / len(z) * z.T @ np.asarray(task.support.y)
     phi = np.concatenate([params_0["head"]["w"], params_0["head"]["b"][:, None]])
     for _ in range(steps):
         phi = phi - alpha * (A @ phi - c)
@@ -198,23 +196,22 @@ def test_cavia_adapted_context_matches_closed_form(x64):
     r_i = x_i w_x + b - y_i."""
     meta_model = module.cavia(nn.linear(1), embedding_dim=3)
     task = jax.tree.map(lambda a: a[0], sinusoid_batch(dtype=jnp.float64))
-    meta_params, meta_state = meta_model.init(jax.random.key(0), task.train.x)
+    meta_params, meta_state = meta_model.init(jax.random.key(0), task.support.x)
     params_0, _ = meta_model.reset(None, meta_params, meta_state)
     np.testing.assert_array_equal(params_0["context"], 0.0)
     alpha, steps = 0.2, 5
-    params, _, _ = learner.adapt(
+    params, *_ = learner.adapt(
         meta_model.inner_energy,
-        optax.sgd(alpha),
+        learner.InnerLoop(optax.sgd(alpha), steps),
         meta_params,
         params_0,
         meta_state,
         jax.random.key(1),
-        task.train,
-        steps,
+        task.support,
     )
     w = np.asarray(meta_params["network"]["w"])
     w_x, w_c, b = w[:1], w[1:], np.asarray(meta_params["network"]["b"])
-    x, y = np.asarray(task.train.x), np.asarray(task.train.y)
+    x, y = np.asarray(task.support.x), np.asarray(task.support.y)
     A = 2 * w_c @ w_c.T
     g = 2 * w_c @ np.mean(x @ w_x + b - y, axis=0, keepdims=True)
     context = np.zeros((3, 1))
@@ -249,7 +246,7 @@ def test_batch_norm_does_not_leak_across_tasks(batch_norm):
     batch = image_batch(num_tasks=2)
     state = maml.init(jax.random.key(0), batch)
     other = MetaBatch(
-        *(d._replace(x=d.x.at[0].set(3.0 * d.x[0][::-1])) for d in (batch.train, batch.test))
+        *(d._replace(x=d.x.at[0].set(3.0 * d.x[0][::-1])) for d in (batch.support, batch.query))
     )
     evaluate = jax.jit(maml.evaluate, static_argnums=3)
     original = evaluate(state, batch, jax.random.key(1), 2)
@@ -267,15 +264,14 @@ def test_query_predictions_depend_on_other_query_samples_only_when_transductive(
     state = maml.init(jax.random.key(0), batch)
     task = jax.tree.map(lambda a: a[0], batch)
     params, model_state = meta_model.reset(None, state.meta_params, state.model_state)
-    params, model_state, _ = learner.adapt(
+    params, model_state, *_ = learner.adapt(
         meta_model.inner_energy,
-        optax.sgd(0.1),
+        learner.InnerLoop(optax.sgd(0.1), 1),
         state.meta_params,
         params,
         model_state,
         jax.random.key(1),
-        task.train,
-        1,
+        task.support,
     )
     # Per-task running statistics moved away from the meta-state during adaptation.
     assert not np.allclose(model_state["body"]["block_0"]["mean"], 0.0)
@@ -290,11 +286,11 @@ def test_query_predictions_depend_on_other_query_samples_only_when_transductive(
             batch_norm=batch_norm,
         )
         energy_model.outer_energy(
-            state.meta_params, params, model_state, jax.random.key(2), Dataset(x, task.test.y, {})
+            state.meta_params, params, model_state, jax.random.key(2), Dataset(x, task.query.y, {})
         )
         return predictions[0]
 
-    x = task.test.x
+    x = task.query.x
     changed = x.at[1:].multiply(3.0)
     first_unchanged = np.allclose(query_logits(x)[0], query_logits(changed)[0], rtol=1e-6)
     assert first_unchanged != transductive

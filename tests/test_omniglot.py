@@ -39,7 +39,7 @@ def test_minimal_splits_are_prepared_and_read_back(prepared):
     test_classes = small2[~np.isin(alphabets2, alphabets1)]
     assert len(set(alphabets2) - set(alphabets1)) == 3 and len(test_classes) > 0
     episode = fewshot(test_classes, ways=5, shots=1, queries=5).sample_task(jax.random.key(0))
-    assert episode.train.x.shape == (5, 28, 28, 1) and episode.test.x.shape == (25, 28, 28, 1)
+    assert episode.support.x.shape == (5, 28, 28, 1) and episode.query.x.shape == (25, 28, 28, 1)
 
 
 def test_preparing_and_reading_omniglot_imports_no_tensorflow(prepared, tmp_path):

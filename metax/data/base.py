@@ -22,10 +22,25 @@ class Dataset(NamedTuple):
 
 
 class MetaBatch(NamedTuple):
-    """Support (``train``) and query (``test``) sets of one task or of a batch of tasks."""
+    """The support set (adapted on) and the query set (scored) of one task, or of a batch of
+    tasks with a leading task axis.
 
-    train: Dataset
-    test: Dataset
+    ``train`` and ``test`` are the old names of ``support`` and ``query``, kept as read-only
+    aliases for one release.
+    """
+
+    support: Dataset
+    query: Dataset
+
+    @property
+    def train(self) -> Dataset:
+        """Deprecated alias of ``support``."""
+        return self.support
+
+    @property
+    def test(self) -> Dataset:
+        """Deprecated alias of ``query``."""
+        return self.query
 
 
 class TaskSampler(NamedTuple):
@@ -55,4 +70,4 @@ def sample_meta_batch(
 
 def num_tasks(batch: MetaBatch) -> int:
     """Size of the leading task axis of a batched MetaBatch."""
-    return batch.train.x.shape[0]
+    return batch.support.x.shape[0]

@@ -87,6 +87,6 @@ def fewshot(
                 info={"classes": classes},
             )
 
-        return MetaBatch(train=split(slice(0, shots)), test=split(slice(shots, None)))
+        return MetaBatch(support=split(slice(0, shots)), query=split(slice(shots, None)))
 
     return TaskSampler(sample_task)

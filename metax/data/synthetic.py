@@ -81,8 +81,8 @@ def _regression_sampler(
         y = fn(k_f, x, ood)
         info = info_fn(k_f)
         return MetaBatch(
-            train=Dataset(x[:num_train_shots], y[:num_train_shots], info),
-            test=Dataset(x[num_train_shots:], y[num_train_shots:], info),
+            support=Dataset(x[:num_train_shots], y[:num_train_shots], info),
+            query=Dataset(x[num_train_shots:], y[num_train_shots:], info),
         )
 
     def target_fn(rng: PRNGKey, x: Array) -> Array:

@@ -10,14 +10,18 @@ from metax.learner.implicit import (
     recurrent_backprop,
     t1t2,
 )
-from metax.learner.inner import adapt, adapt_task
+from metax.learner.inner import Adaptation, InnerLoop, TaskAdaptation, adapt, adapt_task
+from metax.learner.learned_sgd import learned_sgd
 from metax.learner.maml import maml
 from metax.learner.reptile import buffered_reptile, reptile
 
 __all__ = [
+    "Adaptation",
+    "InnerLoop",
     "InverseHvp",
     "Learner",
     "MetaState",
+    "TaskAdaptation",
     "adapt",
     "adapt_task",
     "buffered_reptile",
@@ -25,6 +29,7 @@ __all__ = [
     "eqprop",
     "evolution",
     "implicit",
+    "learned_sgd",
     "maml",
     "recurrent_backprop",
     "reptile",

@@ -1,22 +1,36 @@
-"""The learner interface (outer loop) and its state, which is also the checkpoint."""
+"""The learner interface (outer loop), its state (also the checkpoint), and the shared outer
+step every gradient-based learner is built from."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from metax.data.base import MetaBatch
+from metax.checks import check_meta_batch, check_model_fits_data
+from metax.data.base import MetaBatch, num_tasks
 from metax.learner.inner import (
+    InnerLoop,
     TaskChunk,
+    check_task_chunk,
     make_adapt,
     make_evaluate,
     mean_over_tasks,
     resolve_task_chunk,
 )
 from metax.module.base import MetaModel
-from metax.types import Array, Metrics, Params, PRNGKey, State
+from metax.types import (
+    AdaptFn,
+    Array,
+    EvaluateFn,
+    InitFn,
+    MetaStepFn,
+    Metrics,
+    Params,
+    PRNGKey,
+    State,
+)
 
 
 class MetaState(NamedTuple):
@@ -39,22 +53,33 @@ class Learner(NamedTuple):
     * ``init(rng, meta_batch) -> MetaState``: ``meta_batch`` (with task axis) gives shapes.
     * ``meta_step(state, meta_batch, rng) -> (state, metrics)``: one outer update on a batch of
       tasks; metrics is a flat dict of scalars (averages over the task axis).
-    * ``evaluate(state, meta_batch, rng, num_inner_steps) -> metrics``: adapts each task with
-      ``num_inner_steps`` (a static int) inner steps and returns per-task metrics of the query
-      set, each of shape ``(tasks,)``.
+    * ``evaluate(state, meta_batch, rng, setting) -> metrics``: per-task metrics of the query
+      sets, each of shape ``(tasks,)``, after adapting each task as the static ``setting``
+      says: for learners with an inner loop, the number of inner steps.
     * ``meta_model``: the `MetaModel` it meta-learns (lets the training loop check, before
-      compiling, that the model fits the tasks' data); may be None for a custom learner.
+      compiling, that the model fits the tasks' data); None for learners without one.
     * ``adapt(state, support, rng, num_inner_steps) -> (params, model_state)``: one task's
       adapted parameters from its support `Dataset` (no task axis), as ``evaluate`` adapts
       them; predict with ``meta_model.apply(state.meta_params, params, model_state, ...)``.
-      May be None for a custom learner.
+      None for learners without an inner loop.
+    * ``eval_settings(inner_steps) -> {name: setting}``: the evaluations to run when a user
+      asks for ``inner_steps`` (e.g. ``train.eval_inner_steps``); metrics are reported as
+      ``eval/<name>/<metric>``. None: ``{"steps_k": k for k in inner_steps}``.
     """
 
-    init: Callable[[PRNGKey, MetaBatch], MetaState]
-    meta_step: Callable[[MetaState, MetaBatch, PRNGKey], tuple[MetaState, Metrics]]
-    evaluate: Callable[..., Metrics]
+    init: InitFn
+    meta_step: MetaStepFn
+    evaluate: EvaluateFn
     meta_model: MetaModel | None = None
-    adapt: Callable[..., tuple[Params, State]] | None = None
+    adapt: AdaptFn | None = None
+    eval_settings: Callable[[Sequence[int]], dict[str, Hashable]] | None = None
+
+
+def evaluation_settings(learner: Learner, inner_steps: Sequence[int]) -> dict[str, Hashable]:
+    """What ``learner.evaluate`` runs with when ``inner_steps`` are asked for (see `Learner`)."""
+    if learner.eval_settings is None:
+        return {f"steps_{k}": k for k in inner_steps}
+    return dict(learner.eval_settings(tuple(inner_steps)))
 
 
 def prefix(metrics: Metrics, name: str) -> Metrics:
@@ -81,18 +106,23 @@ def apply_outer_update(
 
 
 def init_meta_state(
-    meta_model_init: Callable,
-    optimizer: optax.GradientTransformation,
+    meta_model: MetaModel,
+    optimizer_init: Callable[[Params], Any],
     rng: PRNGKey,
     meta_batch: MetaBatch,
 ) -> MetaState:
-    """Initializes meta-parameters from one task's support inputs and the optimizer state."""
-    meta_params, model_state = meta_model_init(rng, meta_batch.train.x[0])
+    """Checks the meta-batch (task axis, and that the meta-model fits its data: see
+    `metax.checks`), then initializes the meta-parameters from one task's support inputs and
+    the outer optimizer's state with ``optimizer_init(meta_params)``."""
+    check_meta_batch(meta_batch)
+    episode = jax.tree.map(lambda x: x[0], meta_batch)
+    check_model_fits_data(meta_model, episode)
+    meta_params, model_state = meta_model.init(rng, episode.support.x)
     return MetaState(
         step=jnp.zeros((), jnp.int32),
         meta_params=meta_params,
         model_state=model_state,
-        opt_state=optimizer.init(meta_params),
+        opt_state=optimizer_init(meta_params),
     )
 
 
@@ -103,7 +133,7 @@ def check_meta_params_enter(meta_model, where: str, learner_name: str, explanati
     if reset_keys is None or energy_keys is None:
         return  # A user-defined meta-model without the facts: nothing to check.
     entering = energy_keys if where == "energy" else reset_keys
-    missing = sorted((reset_keys | energy_keys) - entering)
+    missing = sorted((reset_keys | energy_keys | meta_model.optimizer_keys) - entering)
     target = "inner energy" if where == "energy" else "task initialization"
     if missing:
         raise ValueError(
@@ -113,27 +143,73 @@ def check_meta_params_enter(meta_model, where: str, learner_name: str, explanati
         )
 
 
+def check_inner_optimizer(meta_model: MetaModel, inner: InnerLoop, learner_name: str) -> None:
+    """Raises a ValueError if the meta-model has meta-parameters that only the inner optimizer
+    reads (learned inner learning rates) and ``inner.optimizer`` does not read them all."""
+    needed = meta_model.optimizer_keys
+    read = getattr(inner.optimizer.update, "meta_param_keys", frozenset())
+    if needed - read:
+        raise ValueError(
+            f"This meta-model meta-learns inner learning rates {sorted(needed)}, but the "
+            f"{learner_name} inner optimizer does not read them (they would never change). Set "
+            f"{learner_name}.inner_optimizer = @metax.learner.learned_sgd() in gin, or "
+            f"inner_optimizer=metax.learner.learned_sgd() in Python."
+        )
+
+
+def check_mean_meta_grad_inputs(task_loss, task_meta_grad) -> None:
+    if (task_loss is None) == (task_meta_grad is None):
+        raise TypeError("Pass exactly one of task_loss and task_meta_grad.")
+
+
 def averaged_meta_step(
-    task_meta_grad: Callable,
     outer_optimizer: optax.GradientTransformation,
+    *,
+    task_loss: Callable | None = None,
+    task_meta_grad: Callable | None = None,
     task_chunk: TaskChunk = "auto",
-) -> Callable[[MetaState, MetaBatch, PRNGKey], tuple[MetaState, Metrics]]:
-    """A meta-step from a per-task meta-gradient estimator.
+) -> MetaStepFn:
+    """The meta-step of a learner from its per-task estimator, one of:
 
-    ``task_meta_grad(meta_params, model_state, task, rng) -> (meta_grads, metrics)`` is
-    mapped over the task axis (`metax.learner.inner.map_tasks` with ``task_chunk``);
-    gradients and metrics are averaged over tasks (under sharding the mean is an all-reduce),
-    and ``outer_optimizer`` applies the mean gradient.
+    * ``task_loss(meta_params, model_state, task, rng) -> (loss, metrics)``: differentiated
+      (MAML and its variants, ProtoNets);
+    * ``task_meta_grad(meta_params, model_state, task, rng) -> (meta_grads, metrics)``: a
+      meta-gradient estimated otherwise (Reptile, implicit differentiation, EP).
+
+    ``task`` is one task of the meta-batch (no task axis); ``metrics`` flat scalars. Tasks are
+    mapped as ``task_chunk`` says (`metax.learner.inner.map_tasks`); gradients and metrics are
+    averaged over tasks (under sharding the mean is an all-reduce), ``meta_grad_norm`` is
+    added, and ``outer_optimizer`` applies the mean gradient.
     """
+    check_mean_meta_grad_inputs(task_loss, task_meta_grad)
 
-    def meta_step(state: MetaState, meta_batch: MetaBatch, rng: PRNGKey):
-        n = meta_batch.train.x.shape[0]
-        meta_grads, metrics = mean_over_tasks(
-            lambda task, key: task_meta_grad(state.meta_params, state.model_state, task, key),
+    def batch_loss(meta_params, model_state, meta_batch, rng):
+        losses, metrics = jax.vmap(
+            lambda task, key: task_loss(meta_params, model_state, task, key)
+        )(meta_batch, task_keys(rng, num_tasks(meta_batch)))
+        return jnp.mean(losses), metrics
+
+    def mean_meta_grad(meta_params, model_state, meta_batch, rng):
+        n = num_tasks(meta_batch)
+        chunk = resolve_task_chunk(task_chunk, n, meta_params)
+        if task_loss is not None and chunk is None:
+            # Differentiating the vmapped mean sums task gradients in the backward pass: no
+            # per-task copies of the gradient (what large models on accelerators need).
+            (_, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(
+                meta_params, model_state, meta_batch, rng
+            )
+            return grads, metrics
+        estimator = task_meta_grad or jax.grad(task_loss, has_aux=True)
+        return mean_over_tasks(
+            lambda task, key: estimator(meta_params, model_state, task, key),
             meta_batch,
             task_keys(rng, n),
-            task_chunk=resolve_task_chunk(task_chunk, n, state.meta_params),
+            task_chunk=chunk,
         )
+
+    def meta_step(state: MetaState, meta_batch: MetaBatch, rng: PRNGKey):
+        check_meta_batch(meta_batch)
+        meta_grads, metrics = mean_meta_grad(state.meta_params, state.model_state, meta_batch, rng)
         metrics = {key: jnp.mean(value) for key, value in metrics.items()}
         metrics["meta_grad_norm"] = optax.tree.norm(meta_grads)
         return apply_outer_update(outer_optimizer, state, meta_grads), metrics
@@ -141,24 +217,47 @@ def averaged_meta_step(
     return meta_step
 
 
-def gradient_learner(
-    meta_model,
-    task_meta_grad: Callable,
-    inner_optimizer: optax.GradientTransformation,
-    outer_optimizer: optax.GradientTransformation,
-    inner_batch_size: int | None = None,
-    task_chunk: TaskChunk = "auto",
+def inner_loop_learner(
+    meta_model: MetaModel,
+    inner: InnerLoop,
+    init: InitFn,
+    meta_step: MetaStepFn,
+    task_chunk: TaskChunk,
+    learner_name: str,
 ) -> Learner:
-    """A `Learner` from a per-task meta-gradient estimator (see `averaged_meta_step`), with the
-    usual initialization and the shared ``evaluate`` (adapt on support, score the query set)."""
-
-    def init(rng: PRNGKey, meta_batch: MetaBatch) -> MetaState:
-        return init_meta_state(meta_model.init, outer_optimizer, rng, meta_batch)
-
+    """A `Learner` with the shared ``evaluate`` and ``adapt`` of learners that adapt each task
+    with ``inner`` (adapt on the support set, score the query set), after checking
+    ``task_chunk`` and that ``inner``'s optimizer reads what the meta-model needs it to."""
+    check_task_chunk(task_chunk, learner_name)
+    check_inner_optimizer(meta_model, inner, learner_name)
     return Learner(
         init,
-        averaged_meta_step(task_meta_grad, outer_optimizer, task_chunk),
-        make_evaluate(meta_model, inner_optimizer, inner_batch_size, task_chunk),
+        meta_step,
+        make_evaluate(meta_model, inner, task_chunk),
         meta_model,
-        make_adapt(meta_model, inner_optimizer, inner_batch_size),
+        make_adapt(meta_model, inner),
     )
+
+
+def gradient_learner(
+    meta_model: MetaModel,
+    inner: InnerLoop,
+    outer_optimizer: optax.GradientTransformation,
+    *,
+    task_loss: Callable | None = None,
+    task_meta_grad: Callable | None = None,
+    task_chunk: TaskChunk = "auto",
+    learner_name: str = "learner",
+) -> Learner:
+    """A `Learner` from a per-task estimator (``task_loss`` or ``task_meta_grad``, see
+    `averaged_meta_step`) applied by ``outer_optimizer``, with the usual initialization
+    (`init_meta_state`) and the shared ``evaluate`` and ``adapt`` (`inner_loop_learner`).
+    What every learner with an inner loop and a meta-gradient is built from."""
+
+    def init(rng: PRNGKey, meta_batch: MetaBatch) -> MetaState:
+        return init_meta_state(meta_model, outer_optimizer.init, rng, meta_batch)
+
+    meta_step = averaged_meta_step(
+        outer_optimizer, task_loss=task_loss, task_meta_grad=task_meta_grad, task_chunk=task_chunk
+    )
+    return inner_loop_learner(meta_model, inner, init, meta_step, task_chunk, learner_name)

@@ -11,7 +11,7 @@ from metax.learner.base import (
     gradient_learner,
     prefix,
 )
-from metax.learner.inner import TaskChunk, adapt, adapt_task, check_task_chunk
+from metax.learner.inner import InnerLoop, TaskChunk, adapt, adapt_task
 from metax.module.base import MetaModel
 
 
@@ -46,7 +46,6 @@ def eqprop(
     """
     if beta <= 0:
         raise ValueError(f"eqprop beta must be > 0, got {beta}.")
-    check_task_chunk(task_chunk, "eqprop")
     check_meta_params_enter(
         meta_model,
         "energy",
@@ -57,35 +56,29 @@ def eqprop(
         "reg_strength).",
     )
 
+    free_phase = InnerLoop(inner_optimizer, num_inner_steps, owner="eqprop")
+    nudged_phase = InnerLoop(inner_optimizer, num_nudged_steps, owner="eqprop nudged phase:")
+
     def total_energy(b):
         def energy(meta_params, params, state, rng, task: MetaBatch):
             k_in, k_out = jax.random.split(rng)
             inner, (state, metrics) = meta_model.inner_energy(
-                meta_params, params, state, k_in, task.train
+                meta_params, params, state, k_in, task.support
             )
-            outer, _ = meta_model.outer_energy(meta_params, params, state, k_out, task.test)
+            outer, _ = meta_model.outer_energy(meta_params, params, state, k_out, task.query)
             return inner + b * outer, (state, metrics)
 
         return energy
 
     def task_meta_grad(meta_params, model_state, task, rng):
         k_free, k_nudged, k_grad, k_outer = jax.random.split(rng, 4)
-        _, free, state, inner_metrics = adapt_task(
-            meta_model,
-            inner_optimizer,
-            meta_params,
-            model_state,
-            k_free,
-            task.train,
-            num_inner_steps,
-        )
+        adapted = adapt_task(meta_model, free_phase, meta_params, model_state, k_free, task.support)
+        free, state = adapted.params, adapted.state
 
         def nudged_grad(b):
             energy = total_energy(b)
-            params, nudged_state, _ = adapt(
-                energy, inner_optimizer, meta_params, free, state, k_nudged, task, num_nudged_steps
-            )
-            return jax.grad(lambda mp: energy(mp, params, nudged_state, k_grad, task)[0])(
+            nudged = adapt(energy, nudged_phase, meta_params, free, state, k_nudged, task)
+            return jax.grad(lambda mp: energy(mp, nudged.params, nudged.state, k_grad, task)[0])(
                 meta_params
             )
 
@@ -98,10 +91,15 @@ def eqprop(
             )
             meta_grads = jax.tree.map(lambda p, f: (p - f) / beta, nudged_grad(beta), free_grad)
         _, (_, outer_metrics) = meta_model.outer_energy(
-            meta_params, free, state, k_outer, task.test
+            meta_params, free, state, k_outer, task.query
         )
-        return meta_grads, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
+        return meta_grads, {**prefix(adapted.metrics, "inner"), **prefix(outer_metrics, "outer")}
 
     return gradient_learner(
-        meta_model, task_meta_grad, inner_optimizer, outer_optimizer, task_chunk=task_chunk
+        meta_model,
+        free_phase,
+        outer_optimizer,
+        task_meta_grad=task_meta_grad,
+        task_chunk=task_chunk,
+        learner_name="eqprop",
     )

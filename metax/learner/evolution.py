@@ -6,17 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metax.data.base import MetaBatch
-from metax.learner.base import Learner, MetaState, task_keys
-from metax.learner.inner import (
-    TaskChunk,
-    adapt_and_score,
-    check_task_chunk,
-    make_adapt,
-    make_evaluate,
-    map_tasks,
-    resolve_task_chunk,
-)
+from metax.checks import check_meta_batch
+from metax.data.base import MetaBatch, num_tasks
+from metax.learner.base import Learner, MetaState, init_meta_state, inner_loop_learner, task_keys
+from metax.learner.inner import InnerLoop, TaskChunk, adapt_and_score, map_tasks, resolve_task_chunk
 from metax.module.base import MetaModel
 
 
@@ -55,7 +48,7 @@ def evolution(
         raise ValueError(f"evolution strategy {strategy!r} is not in evosax.algorithms: {names}.")
     if population_size < 2:
         raise ValueError(f"evolution population_size must be >= 2, got {population_size}.")
-    check_task_chunk(task_chunk, "evolution")
+    inner = InnerLoop(inner_optimizer, num_inner_steps, inner_batch_size, owner="evolution")
     strategy_cls = getattr(algorithms, strategy)
     strategy_kwargs = dict(strategy_kwargs or {})
 
@@ -70,14 +63,7 @@ def evolution(
 
     def task_fitness(meta_params, model_state, task, rng):
         loss, inner_metrics, _ = adapt_and_score(
-            meta_model,
-            inner_optimizer,
-            meta_params,
-            model_state,
-            task,
-            rng,
-            num_inner_steps,
-            inner_batch_size,
+            meta_model, inner, meta_params, model_state, task, rng
         )
         return loss, inner_metrics
 
@@ -92,20 +78,19 @@ def evolution(
 
     def init(rng, meta_batch: MetaBatch) -> MetaState:
         k_model, k_es = jax.random.split(rng)
-        meta_params, model_state = meta_model.init(k_model, meta_batch.train.x[0])
-        es, params = make_strategy(meta_params)
-        return MetaState(
-            step=jnp.zeros((), jnp.int32),
-            meta_params=meta_params,
-            model_state=model_state,
-            opt_state=es.init(k_es, meta_params, params),
-        )
+
+        def strategy_init(meta_params):
+            es, params = make_strategy(meta_params)
+            return es.init(k_es, meta_params, params)
+
+        return init_meta_state(meta_model, strategy_init, k_model, meta_batch)
 
     def meta_step(state: MetaState, meta_batch: MetaBatch, rng):
+        check_meta_batch(meta_batch)
         es, params = make_strategy(state.meta_params)
         k_ask, k_tell, k_tasks = jax.random.split(rng, 3)
         population, es_state = es.ask(k_ask, state.opt_state, params)
-        keys = task_keys(k_tasks, meta_batch.train.x.shape[0])  # Common random numbers.
+        keys = task_keys(k_tasks, num_tasks(meta_batch))  # Common random numbers.
         fitness, inner_metrics = jax.vmap(member_fitness, in_axes=(0, None, None, None))(
             population, state.model_state, meta_batch, keys
         )
@@ -123,10 +108,4 @@ def evolution(
         )
         return new_state, metrics
 
-    return Learner(
-        init,
-        meta_step,
-        make_evaluate(meta_model, inner_optimizer, inner_batch_size, task_chunk),
-        meta_model,
-        make_adapt(meta_model, inner_optimizer, inner_batch_size),
-    )
+    return inner_loop_learner(meta_model, inner, init, meta_step, task_chunk, "evolution")

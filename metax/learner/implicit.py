@@ -25,7 +25,7 @@ from metax.learner.base import (
     gradient_learner,
     prefix,
 )
-from metax.learner.inner import TaskChunk, adapt_task, check_task_chunk
+from metax.learner.inner import InnerLoop, TaskChunk, adapt_task
 from metax.module.base import MetaModel
 from metax.types import Params
 
@@ -121,7 +121,6 @@ def implicit(
     ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
     "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
     """
-    check_task_chunk(task_chunk, "implicit")
     if inverse_hvp is None:
         inverse_hvp = conjugate_gradient()
     check_meta_params_enter(
@@ -133,26 +132,19 @@ def implicit(
         "get zero (e.g. learned_init needs reg_strength to be trained implicitly).",
     )
 
+    inner = InnerLoop(inner_optimizer, num_inner_steps, inner_batch_size, owner="implicit")
+
     def task_meta_grad(meta_params, model_state, task, rng):
         k_adapt, k_outer, k_inner = jax.random.split(rng, 3)
-        _, params, state, inner_metrics = adapt_task(
-            meta_model,
-            inner_optimizer,
-            meta_params,
-            model_state,
-            k_adapt,
-            task.train,
-            num_inner_steps,
-            inner_batch_size,
-        )
-        params = jax.lax.stop_gradient(params)
+        adapted = adapt_task(meta_model, inner, meta_params, model_state, k_adapt, task.support)
+        params, state = jax.lax.stop_gradient(adapted.params), adapted.state
 
         def outer(mp, p):
-            return meta_model.outer_energy(mp, p, state, k_outer, task.test)
+            return meta_model.outer_energy(mp, p, state, k_outer, task.query)
 
         def inner_grad(mp, p):  # d_phi E_in(theta, phi)
             return jax.grad(
-                lambda q: meta_model.inner_energy(mp, q, state, k_inner, task.train)[0]
+                lambda q: meta_model.inner_energy(mp, q, state, k_inner, task.support)[0]
             )(p)
 
         (_, (_, outer_metrics)), (direct, v) = jax.value_and_grad(
@@ -164,8 +156,13 @@ def implicit(
         _, mixed_vjp = jax.vjp(lambda mp: inner_grad(mp, params), meta_params)
         (mixed,) = mixed_vjp(u)
         meta_grads = jax.tree.map(jnp.subtract, direct, mixed)
-        return meta_grads, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
+        return meta_grads, {**prefix(adapted.metrics, "inner"), **prefix(outer_metrics, "outer")}
 
     return gradient_learner(
-        meta_model, task_meta_grad, inner_optimizer, outer_optimizer, inner_batch_size, task_chunk
+        meta_model,
+        inner,
+        outer_optimizer,
+        task_meta_grad=task_meta_grad,
+        task_chunk=task_chunk,
+        learner_name="implicit",
     )

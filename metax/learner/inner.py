@@ -1,15 +1,17 @@
 """The inner loop shared by all learners: adapt task parameters with an optax optimizer."""
 
+import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from metax.data.base import Dataset, MetaBatch, num_tasks
-from metax.module.base import EnergyFn, MetaModel
-from metax.types import Array, Metrics, Params, PRNGKey, State
+from metax.module.base import MetaModel
+from metax.types import AdaptFn, Array, EnergyFn, EvaluateFn, Metrics, Params, PRNGKey, State
 
 MAX_UNROLLED_STEPS = 16
 TaskChunk = int | str | None  # None: vmap all tasks; k: k tasks at a time; "auto": see below.
@@ -21,49 +23,107 @@ def minibatch(rng: PRNGKey, data: Dataset, batch_size: int) -> Dataset:
     return Dataset(data.x[idx], data.y[idx], data.info)
 
 
+@dataclasses.dataclass(frozen=True)
+class InnerLoop:
+    """How one task adapts: the inner optimizer and its settings, validated once when built.
+
+    * ``optimizer``: an optax transformation; its ``update`` also receives
+      ``meta_params=...`` (optax's extra arguments), so it may read meta-learned values such as
+      the learning rates of `learned_sgd`. Plain optax transformations ignore it.
+    * ``num_steps``: inner steps per task (>= 0).
+    * ``batch_size``: support samples per step (a minibatch drawn without replacement), or
+      None for the whole support set.
+    * ``first_order``: the adaptation is not differentiated (d params_K / d params_0 = I).
+    * ``remat``: recompute each step's activations in the backward pass instead of storing
+      them (memory no longer grows with the steps' activations; about one extra forward).
+    * ``backprop_steps``: differentiate exactly through the last T steps only (earlier steps
+      have Jacobian I); None (or ``num_steps``) is exact, 0 is first order.
+
+    Hashable, so it can be a static argument; `with_steps` gives the same loop with another
+    number of steps (what evaluation uses).
+    """
+
+    optimizer: optax.GradientTransformationExtraArgs
+    num_steps: int
+    batch_size: int | None = None
+    first_order: bool = False
+    remat: bool = False
+    backprop_steps: int | None = None
+    owner: str = dataclasses.field(default="", compare=False, repr=False)  # Named in errors.
+
+    def __post_init__(self):
+        name = f"{self.owner} " if self.owner else ""
+        if not hasattr(self.optimizer, "update") or not hasattr(self.optimizer, "init"):
+            raise TypeError(
+                f"The {name}inner optimizer must be an optax GradientTransformation (e.g. "
+                f"optax.sgd(0.01)), got {self.optimizer!r}."
+            )
+        if self.num_steps < 0:
+            raise ValueError(f"{name}num_inner_steps must be >= 0, got {self.num_steps}.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"{name}inner_batch_size must be >= 1 or None, got {self.batch_size}.")
+        if self.backprop_steps is not None and not 0 <= self.backprop_steps <= self.num_steps:
+            raise ValueError(
+                f"{name}backprop_steps must be in [0, num_inner_steps={self.num_steps}], "
+                f"got {self.backprop_steps}."
+            )
+        object.__setattr__(self, "optimizer", optax.with_extra_args_support(self.optimizer))
+
+    def with_steps(self, num_steps: int) -> "InnerLoop":
+        """The same optimizer and batch size for ``num_steps`` steps, with the settings that
+        only change derivatives cleared (the same values): the loop ``evaluate`` and ``adapt``
+        run."""
+        return dataclasses.replace(
+            self, num_steps=num_steps, first_order=False, remat=False, backprop_steps=None
+        )
+
+
+class Adaptation(NamedTuple):
+    """What `adapt` returns for one task.
+
+    params, state: the adapted task parameters and model state. metrics: flat scalars,
+    ``loss_before`` (inner energy at the start) and ``grad_norm`` (of the first step).
+    meta_grads: with ``accumulate_meta_grads``, the partial gradients of the energy w.r.t.
+    ``meta_params`` summed over the steps (buffered Reptile), else None. per_step: with
+    ``per_step_fn``, its outputs after every step, stacked on a leading axis of size
+    ``num_steps``, else None.
+    """
+
+    params: Params
+    state: State
+    metrics: Metrics
+    meta_grads: Params | None = None
+    per_step: Any = None
+
+
 def adapt(
     energy_fn: EnergyFn,
-    optimizer: optax.GradientTransformation,
+    inner: InnerLoop,
     meta_params: Params,
     params: Params,
     state: State,
     rng: PRNGKey,
     data: Dataset,
-    num_steps: int,
-    batch_size: int | None = None,
+    *,
     accumulate_meta_grads: bool = False,
-    remat: bool = False,
-    backprop_steps: int | None = None,
-) -> tuple[Params, State, Metrics]:
-    """Runs ``num_steps`` steps of ``optimizer`` minimizing ``energy_fn`` over ``params``.
+    per_step_fn: Callable[[Params, State], Any] | None = None,
+) -> Adaptation:
+    """Runs ``inner.num_steps`` steps of ``inner.optimizer`` minimizing ``energy_fn`` over
+    ``params``.
 
     ``energy_fn(meta_params, params, state, rng, data) -> (loss, (state, metrics))`` is usually
-    a meta-model's ``inner_energy`` and ``data`` one task's support set (no task axis). With
-    ``batch_size`` each step uses a minibatch of that size (``data`` must be a Dataset);
-    otherwise all of ``data``. Differentiable in ``meta_params``
-    and ``params`` (second order). Returns the adapted params, the model state and metrics:
-    ``loss_before`` (inner energy at the initial params) and ``grad_norm`` (of the first step).
-    With ``accumulate_meta_grads`` the metrics also hold ``meta_grads``: the partial gradients
-    of the energy w.r.t. ``meta_params`` summed over the steps (buffered Reptile).
-
-    Differentiating through the loop (second-order MAML) keeps every step's activations for
-    the backward pass, so memory grows with ``num_steps``. ``remat=True`` keeps only each
-    step's parameters and recomputes its activations during the backward pass (about one extra
-    forward per step). ``backprop_steps=T`` differentiates exactly through the last ``T`` steps
-    only: earlier steps' gradients are treated as constants (each of those steps has Jacobian
-    I, as in first-order MAML); ``T = num_steps`` (or None) is the exact derivative, ``T = 0``
-    the first-order one.
+    a meta-model's ``inner_energy`` and ``data`` one task's support set (no task axis); with
+    ``inner.batch_size`` each step uses a minibatch of that size (``data`` must then be a
+    Dataset). Differentiable in ``meta_params`` and ``params`` (second order), with
+    ``inner.remat`` and ``inner.backprop_steps`` as `InnerLoop` says (``inner.first_order`` is
+    `adapt_task`'s business). ``per_step_fn(params, state)`` is evaluated after every step
+    (e.g. the query loss of MAML++'s multi-step loss). Returns an `Adaptation`.
     """
-    if num_steps < 0:
-        raise ValueError(f"num_steps must be >= 0, got {num_steps}.")
-    if batch_size is not None and not 0 < batch_size <= data.x.shape[0]:
+    num_steps, batch_size, backprop_steps = inner.num_steps, inner.batch_size, inner.backprop_steps
+    if batch_size is not None and batch_size > data.x.shape[0]:
         raise ValueError(
             f"inner batch_size must be in [1, {data.x.shape[0]}] (the support set size), "
             f"got {batch_size}."
-        )
-    if backprop_steps is not None and not 0 <= backprop_steps <= num_steps:
-        raise ValueError(
-            f"backprop_steps must be in [0, num_steps={num_steps}], got {backprop_steps}."
         )
     argnums = (1, 0) if accumulate_meta_grads else 1
     grad_fn = jax.value_and_grad(energy_fn, argnums=argnums, has_aux=True)
@@ -79,36 +139,34 @@ def adapt(
         if accumulate_meta_grads:
             grads, partial = grads
             meta_grads = jax.tree.map(jnp.add, meta_grads, partial)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates, opt_state = inner.optimizer.update(
+            grads, opt_state, params, meta_params=meta_params
+        )
         params = optax.apply_updates(params, updates)
-        return (params, state, opt_state, meta_grads), (loss, optax.tree.norm(grads))
+        extra = None if per_step_fn is None else per_step_fn(params, state)
+        return (params, state, opt_state, meta_grads), (loss, optax.tree.norm(grads), extra)
 
     meta_grads = jax.tree.map(jnp.zeros_like, meta_params) if accumulate_meta_grads else None
     if num_steps == 0:
         loss, (_, _) = energy_fn(meta_params, params, state, rng, data)
         metrics = {"loss_before": loss, "grad_norm": jnp.zeros_like(loss)}
-        if accumulate_meta_grads:
-            metrics["meta_grads"] = meta_grads
-        return params, state, metrics
-    carry = (params, state, optimizer.init(params), meta_grads)
+        return Adaptation(params, state, metrics, meta_grads)
+    carry = (params, state, inner.optimizer.init(params), meta_grads)
     exact = jnp.arange(num_steps) >= num_steps - (
         num_steps if backprop_steps is None else backprop_steps
     )
     # Short loops are unrolled: XLA then fuses across steps, and on CPU a while loop's
-    # per-iteration cost dominates small models (W1 benchmark: 0.70x -> 0.95x of hand-written).
-    # Not under remat: XLA's optimizations across an unrolled body undo jax.checkpoint
-    # (W2, K = 10: 0.26 GB of temporaries with or without it; rolled, with it: 0.13 GB).
-    unroll = num_steps <= MAX_UNROLLED_STEPS and not remat
-    (params, state, _, meta_grads), (losses, grad_norms) = jax.lax.scan(
-        jax.checkpoint(step) if remat else step,
+    # per-iteration cost dominates small models. Not under remat: XLA's optimizations across
+    # an unrolled body undo jax.checkpoint (measured in benchmarks/memory.py).
+    unroll = num_steps <= MAX_UNROLLED_STEPS and not inner.remat
+    (params, state, _, meta_grads), (losses, grad_norms, per_step) = jax.lax.scan(
+        jax.checkpoint(step) if inner.remat else step,
         carry,
         (jax.random.split(rng, num_steps), exact),
         unroll=unroll,
     )
     metrics = {"loss_before": losses[0], "grad_norm": grad_norms[0]}
-    if accumulate_meta_grads:
-        metrics["meta_grads"] = meta_grads
-    return params, state, metrics
+    return Adaptation(params, state, metrics, meta_grads, per_step)
 
 
 def check_task_chunk(task_chunk: TaskChunk, learner_name: str) -> None:
@@ -207,139 +265,122 @@ def scalar_mean(metrics: Metrics) -> dict[str, Array]:
     return {key: jnp.mean(value) for key, value in metrics.items()}
 
 
+class TaskAdaptation(NamedTuple):
+    """What `adapt_task` returns: ``initial`` (the task's reset parameters) and the fields of
+    `Adaptation`, with ``metrics`` also holding ``loss_after`` (inner energy at the adapted
+    parameters, not differentiated)."""
+
+    initial: Params
+    params: Params
+    state: State
+    metrics: Metrics
+    meta_grads: Params | None = None
+    per_step: Any = None
+
+
 def adapt_task(
     meta_model: MetaModel,
-    optimizer: optax.GradientTransformation,
+    inner: InnerLoop,
     meta_params: Params,
     model_state: State,
     rng: PRNGKey,
     data: Dataset,
-    num_steps: int,
-    batch_size: int | None = None,
+    *,
     accumulate_meta_grads: bool = False,
-    first_order: bool = False,
-    remat: bool = False,
-    backprop_steps: int | None = None,
-) -> tuple[Params, Params, State, Metrics]:
+    per_step_fn: Callable[[Params, State], Any] | None = None,
+) -> TaskAdaptation:
     """Resets a task from the meta-parameters and adapts it on ``data`` (its inner energy).
 
-    Returns ``(params_0, params, state, metrics)``: the initial and adapted task parameters,
-    the task's model state after adaptation, and `adapt`'s metrics plus ``loss_after`` (the
-    inner energy at the adapted parameters, not differentiated). With ``first_order`` the
-    adaptation is not differentiated: ``params`` carries the derivative of ``params_0``
-    (d params / d params_0 = I), as first-order MAML needs. ``remat`` and ``backprop_steps``:
-    see `adapt`.
+    With ``inner.first_order`` the adaptation is not differentiated: ``params`` carries the
+    derivative of ``initial`` (d params / d initial = I), as first-order MAML needs.
+    ``accumulate_meta_grads``, ``per_step_fn``: see `adapt`. Returns a `TaskAdaptation`.
     """
     k_reset, k_inner, k_after = jax.random.split(rng, 3)
     params_0, state = meta_model.reset(k_reset, meta_params, model_state)
-    if first_order:
+    if inner.first_order:
         inner_meta_params, start = jax.lax.stop_gradient((meta_params, params_0))
     else:
         inner_meta_params, start = meta_params, params_0
-    params, state, metrics = adapt(
+    adapted = adapt(
         meta_model.inner_energy,
-        optimizer,
+        inner,
         inner_meta_params,
         start,
         state,
         k_inner,
         data,
-        num_steps,
-        batch_size,
-        accumulate_meta_grads,
-        remat,
-        backprop_steps,
+        accumulate_meta_grads=accumulate_meta_grads,
+        per_step_fn=per_step_fn,
     )
-    if first_order:
+    params = adapted.params
+    if inner.first_order:
         params = stop_gradient_through_adaptation(params_0, params)
+    metrics = dict(adapted.metrics)
     metrics["loss_after"], _ = meta_model.inner_energy(
-        jax.lax.stop_gradient(meta_params), jax.lax.stop_gradient(params), state, k_after, data
+        jax.lax.stop_gradient(meta_params),
+        jax.lax.stop_gradient(params),
+        adapted.state,
+        k_after,
+        data,
     )
-    return params_0, params, state, metrics
+    return TaskAdaptation(
+        params_0, params, adapted.state, metrics, adapted.meta_grads, adapted.per_step
+    )
 
 
 def adapt_and_score(
     meta_model: MetaModel,
-    optimizer: optax.GradientTransformation,
+    inner: InnerLoop,
     meta_params: Params,
     model_state: State,
     task: MetaBatch,
     rng: PRNGKey,
-    num_steps: int,
-    batch_size: int | None = None,
-    first_order: bool = False,
-    remat: bool = False,
-    backprop_steps: int | None = None,
 ) -> tuple[Array, Metrics, Metrics]:
     """Adapts one task on its support set (`adapt_task`) and evaluates the outer energy on its
     query set. Returns ``(outer_loss, inner_metrics, outer_metrics)``; differentiable in
     ``meta_params`` (what MAML differentiates, evolution scores and evaluation reports)."""
     k_adapt, k_outer = jax.random.split(rng)
-    _, params, state, inner_metrics = adapt_task(
-        meta_model,
-        optimizer,
-        meta_params,
-        model_state,
-        k_adapt,
-        task.train,
-        num_steps,
-        batch_size,
-        first_order=first_order,
-        remat=remat,
-        backprop_steps=backprop_steps,
-    )
+    adapted = adapt_task(meta_model, inner, meta_params, model_state, k_adapt, task.support)
     loss, (_, outer_metrics) = meta_model.outer_energy(
-        meta_params, params, state, k_outer, task.test
+        meta_params, adapted.params, adapted.state, k_outer, task.query
     )
-    return loss, inner_metrics, outer_metrics
+    return loss, adapted.metrics, outer_metrics
 
 
-def make_adapt(
-    meta_model: MetaModel, optimizer: optax.GradientTransformation, batch_size: int | None = None
-) -> Callable[..., tuple[Params, State]]:
-    """The ``adapt`` of a gradient learner: ``adapt(state, support, rng, num_inner_steps) ->
-    (params, model_state)`` for one task (no task axis), the parameters `make_evaluate`
-    scores."""
+def make_adapt(meta_model: MetaModel, inner: InnerLoop) -> AdaptFn:
+    """The ``adapt`` of a learner with an inner loop: ``adapt(state, support, rng,
+    num_inner_steps) -> (params, model_state)`` for one task (no task axis), the parameters
+    `make_evaluate` scores."""
 
     def adapt_one(state, support: Dataset, rng: PRNGKey, num_inner_steps: int):
-        _, params, model_state, _ = adapt_task(
+        adapted = adapt_task(
             meta_model,
-            optimizer,
+            inner.with_steps(num_inner_steps),
             state.meta_params,
             state.model_state,
             rng,
             support,
-            num_inner_steps,
-            batch_size,
         )
-        return params, model_state
+        return adapted.params, adapted.state
 
     return adapt_one
 
 
 def make_evaluate(
-    meta_model: MetaModel,
-    optimizer: optax.GradientTransformation,
-    batch_size: int | None = None,
-    task_chunk: TaskChunk = "auto",
-) -> Callable[..., Metrics]:
-    """The ``evaluate`` of a gradient learner: adapt each task on its support set with
-    ``num_inner_steps`` steps, return the outer energy's metrics of its query set per task
+    meta_model: MetaModel, inner: InnerLoop, task_chunk: TaskChunk = "auto"
+) -> EvaluateFn:
+    """The ``evaluate`` of a learner with an inner loop: adapt each task on its support set
+    with ``num_inner_steps`` steps, return the outer energy's metrics of its query set per task
     (tasks mapped as `map_tasks` and `resolve_task_chunk` say; an evaluation batch that
     ``task_chunk`` does not divide is vmapped whole: the results are the same, only speed and
     memory differ)."""
 
     def evaluate(state, meta_batch: MetaBatch, rng: PRNGKey, num_inner_steps: int) -> Metrics:
+        loop = inner.with_steps(num_inner_steps)
+
         def one_task(task, key):
             return adapt_and_score(
-                meta_model,
-                optimizer,
-                state.meta_params,
-                state.model_state,
-                task,
-                key,
-                num_inner_steps,
-                batch_size,
+                meta_model, loop, state.meta_params, state.model_state, task, key
             )[2]
 
         n = num_tasks(meta_batch)

@@ -12,40 +12,38 @@ from metax.learner.base import (
     gradient_learner,
     prefix,
 )
-from metax.learner.inner import TaskChunk, adapt_task, check_task_chunk
+from metax.learner.inner import InnerLoop, TaskChunk, adapt_task
 from metax.module.base import MetaModel
 
 
 def support_and_query(task: MetaBatch) -> Dataset:
     """One task's support and query sets as one Dataset (Reptile adapts on both)."""
     return Dataset(
-        x=jax.numpy.concatenate([task.train.x, task.test.x]),
-        y=jax.numpy.concatenate([task.train.y, task.test.y]),
-        info=task.train.info,
+        x=jax.numpy.concatenate([task.support.x, task.query.x]),
+        y=jax.numpy.concatenate([task.support.y, task.query.y]),
+        info=task.support.info,
     )
 
 
-def _reptile_learner(
-    meta_model,
-    inner_optimizer,
-    outer_optimizer,
-    num_inner_steps,
-    inner_batch_size,
-    task_meta_grad,
-    task_chunk,
-):
+def _reptile_learner(meta_model, inner, outer_optimizer, task_meta_grad, task_chunk, name):
     def task_step(meta_params, model_state, task, rng):
         k_adapt, k_outer = jax.random.split(rng)
-        meta_grads, params, state, inner_metrics = task_meta_grad(
+        meta_grads, adapted = task_meta_grad(
             meta_params, model_state, k_adapt, support_and_query(task)
         )
         _, (_, outer_metrics) = meta_model.outer_energy(
-            meta_params, params, state, k_outer, task.test
+            meta_params, adapted.params, adapted.state, k_outer, task.query
         )
-        return meta_grads, {**prefix(inner_metrics, "inner"), **prefix(outer_metrics, "outer")}
+        metrics = {**prefix(adapted.metrics, "inner"), **prefix(outer_metrics, "outer")}
+        return meta_grads, metrics
 
     return gradient_learner(
-        meta_model, task_step, inner_optimizer, outer_optimizer, inner_batch_size, task_chunk
+        meta_model,
+        inner,
+        outer_optimizer,
+        task_meta_grad=task_step,
+        task_chunk=task_chunk,
+        learner_name=name,
     )
 
 
@@ -69,7 +67,6 @@ def reptile(
     ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
     "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
     """
-    check_task_chunk(task_chunk, "reptile")
     check_meta_params_enter(
         meta_model,
         "reset",
@@ -78,32 +75,21 @@ def reptile(
         "parameters (a learned initialization); the others would get no update at all.",
     )
 
+    inner = InnerLoop(inner_optimizer, num_inner_steps, inner_batch_size, owner="reptile")
+
     def task_meta_grad(meta_params, model_state, rng, data):
         k_reset = jax.random.split(rng, 3)[0]  # The key adapt_task resets with.
-        params_0, params, state, metrics = adapt_task(
-            meta_model,
-            inner_optimizer,
-            jax.lax.stop_gradient(meta_params),
-            model_state,
-            rng,
-            data,
-            num_inner_steps,
-            inner_batch_size,
+        adapted = adapt_task(
+            meta_model, inner, jax.lax.stop_gradient(meta_params), model_state, rng, data
         )
         _, reset_vjp = jax.vjp(
             lambda mp: meta_model.reset(k_reset, mp, model_state)[0], meta_params
         )
-        (meta_grads,) = reset_vjp(jax.tree.map(jax.numpy.subtract, params_0, params))
-        return meta_grads, params, state, metrics
+        (meta_grads,) = reset_vjp(jax.tree.map(jax.numpy.subtract, adapted.initial, adapted.params))
+        return meta_grads, adapted
 
     return _reptile_learner(
-        meta_model,
-        inner_optimizer,
-        outer_optimizer,
-        num_inner_steps,
-        inner_batch_size,
-        task_meta_grad,
-        task_chunk,
+        meta_model, inner, outer_optimizer, task_meta_grad, task_chunk, "reptile"
     )
 
 
@@ -126,7 +112,6 @@ def buffered_reptile(
     ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
     "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
     """
-    check_task_chunk(task_chunk, "buffered_reptile")
     check_meta_params_enter(
         meta_model,
         "energy",
@@ -136,26 +121,14 @@ def buffered_reptile(
         "pulling towards them) have a zero partial derivative.",
     )
 
+    inner = InnerLoop(inner_optimizer, num_inner_steps, inner_batch_size, owner="buffered_reptile")
+
     def task_meta_grad(meta_params, model_state, rng, data):
-        _, params, state, metrics = adapt_task(
-            meta_model,
-            inner_optimizer,
-            meta_params,
-            model_state,
-            rng,
-            data,
-            num_inner_steps,
-            inner_batch_size,
-            accumulate_meta_grads=True,
+        adapted = adapt_task(
+            meta_model, inner, meta_params, model_state, rng, data, accumulate_meta_grads=True
         )
-        return metrics.pop("meta_grads"), params, state, metrics
+        return adapted.meta_grads, adapted
 
     return _reptile_learner(
-        meta_model,
-        inner_optimizer,
-        outer_optimizer,
-        num_inner_steps,
-        inner_batch_size,
-        task_meta_grad,
-        task_chunk,
+        meta_model, inner, outer_optimizer, task_meta_grad, task_chunk, "buffered_reptile"
     )

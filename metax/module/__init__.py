@@ -6,6 +6,7 @@ from metax.module.cavia import cavia
 from metax.module.complex_synapse import complex_synapse
 from metax.module.gain_mod import gain_mod
 from metax.module.learned_init import learned_init
+from metax.module.learned_rates import learned_rates
 
 __all__ = [
     "BATCH_NORM_MODES",
@@ -15,5 +16,6 @@ __all__ = [
     "complex_synapse",
     "gain_mod",
     "learned_init",
+    "learned_rates",
     "make_energies",
 ]

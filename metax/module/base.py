@@ -3,11 +3,8 @@
 from collections.abc import Callable
 from typing import NamedTuple
 
-from metax.data.base import Dataset
 from metax.energy import sum_energies
-from metax.types import Array, Metrics, Params, PRNGKey, State
-
-EnergyFn = Callable[[Params, Params, State, PRNGKey, Dataset], tuple[Array, tuple[State, Metrics]]]
+from metax.types import ApplyFn, Array, EnergyFn, Metrics, Params, PRNGKey, State
 
 
 class MetaModel(NamedTuple):
@@ -25,18 +22,21 @@ class MetaModel(NamedTuple):
     * ``outer_energy(meta_params, params, state, rng, data) -> (loss, (state, metrics))``:
       evaluated on the query set after adaptation; the meta-objective.
 
-    Two static facts let learners check compatibility when they are built (``None``: unknown,
+    Static facts let learners check compatibility when they are built (``None``: unknown,
     not checked): ``reset_keys``, the top-level keys of ``meta_params`` that set the task's
-    initial parameters, and ``energy_keys``, those the inner energy depends on directly.
+    initial parameters, and ``energy_keys``, those the inner energy depends on directly;
+    ``optimizer_keys``, those only the inner optimizer reads (learned inner learning rates,
+    see `metax.module.learned_rates`).
     """
 
     init: Callable[[PRNGKey, Array], tuple[Params, State]]
     reset: Callable[[PRNGKey, Params, State], tuple[Params, State]]
-    apply: Callable[..., tuple[Array, State]]
+    apply: ApplyFn
     inner_energy: EnergyFn
     outer_energy: EnergyFn
     reset_keys: frozenset[str] | None = None
     energy_keys: frozenset[str] | None = None
+    optimizer_keys: frozenset[str] = frozenset()
 
 
 BATCH_NORM_MODES = ("transductive", "per_task")
