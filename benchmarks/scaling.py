@@ -42,8 +42,8 @@ def measure(batches: list[int], steps: int) -> None:
     import jax
     import optax
 
-    from metax import data, learner, module, nn, sharding
-    from metax.train import make_train_step
+    from metax import data, learner, module, nn
+    from metax.train import make_train_step, sharding
 
     mesh = sharding.task_mesh()
     maml = learner.maml(

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metax import data, figures, learner, module, nn
+from metax import data, learner, module, nn
+from metax.train import figures
 
 STEPS = int(os.environ.get("METAX_EXAMPLE_STEPS", 3000))
 NUM_FEATURES = 64

@@ -17,7 +17,8 @@ import os
 import jax
 import optax
 
-from metax import data, figures, learner, module, nn
+from metax import data, learner, module, nn
+from metax.train import figures
 
 STEPS = int(os.environ.get("METAX_EXAMPLE_STEPS", 5000))
 

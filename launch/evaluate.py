@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(QuietLibraries())
     import metax.train
-    from metax import workdir as run_dir
+    from metax.train import workdir as run_dir
 
     workdir = run_dir.resolve(_WORKDIR.value)
     config = run_dir.stored_config(workdir)

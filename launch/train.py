@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     import metax.train
-    from metax import workdir as run_dir
+    from metax.train import workdir as run_dir
 
     if jax.process_count() > 1 and not _WORKDIR.value:
         sys.exit(

@@ -275,6 +275,23 @@ def conv4(
 
 
 @gin.register(module="metax.nn")
+def flatten() -> Model:
+    """``(n, *shape) -> (n, prod(shape))``, no parameters: put it before an ``mlp`` that reads
+    images, ``sequential(flat=flatten(), mlp=mlp(...))`` (an MLP on ``(n, h, w, c)`` would act
+    on the last axis only, pixel by pixel)."""
+
+    def init(rng: PRNGKey, sample: Array) -> tuple[Params, State]:
+        del rng, sample
+        return {}, {}
+
+    def apply(params, state, rng, inputs, *, is_training=True):
+        del params, rng, is_training
+        return inputs.reshape(inputs.shape[0], -1), state
+
+    return Model(init, apply)
+
+
+@gin.register(module="metax.nn")
 def sequential(**layers: Model) -> Model:
     """Composes models in the given order; params and state are dicts keyed by layer name.
 

@@ -6,8 +6,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from metax import data, energy, learner, module, nn, sharding
-from metax.train import fetch, make_train_step
+from metax import data, energy, learner, module, nn
+from metax.train import fetch, make_train_step, sharding
 
 NUM_STEPS = 4
 

@@ -6,8 +6,8 @@ import os
 import gin
 import pytest
 
-import metax.configurables  # noqa: F401
 import metax.train  # noqa: F401  (registers `train`)
+import metax.train.configurables  # noqa: F401
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 EXPERIMENTS = sorted(

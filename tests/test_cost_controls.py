@@ -11,8 +11,9 @@ from jax.flatten_util import ravel_pytree
 from test_figures import check_regression_figure
 from test_maml import ALPHA, closed_form_maml_gradient, linear_regression_batch
 
-from metax import data, energy, learner, module, nn, sharding
+from metax import data, energy, learner, module, nn
 from metax.learner import inner
+from metax.train import sharding
 
 # The event JAX records once per XLA compilation (jax._src.dispatch.BACKEND_COMPILE_EVENT).
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"

@@ -8,8 +8,8 @@ import numpy as np
 import optax
 from PIL import Image
 
-from metax import data, figures, learner, module, nn
-from metax.train import REGRESSION_FIGURE
+from metax import data, learner, module, nn
+from metax.train import REGRESSION_FIGURE, figures
 
 
 def check_regression_figure(workdir):

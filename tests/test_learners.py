@@ -7,7 +7,8 @@ import optax
 import pytest
 from gradcheck import sinusoid_mse_before_and_after
 
-from metax import data, learner, module, nn, sharding
+from metax import data, learner, module, nn
+from metax.train import sharding
 
 
 def tiny_mlp(out=1, activate_final=False):

@@ -27,14 +27,18 @@ def mse(model, params, x, y):
 
 def reference_objective(model, theta, rates, batch, num_steps, weights=None):
     """Mean over tasks of the query MSE after plain-loop adaptation with per-step rates
-    ``rates(k, leaf_path) -> array`` (or of ``sum_k w_k`` query MSE after step k)."""
+    ``rates`` (a tree like ``theta`` with leaves ``(K, ...)``; step k uses ``r[min(k, K - 1)]``),
+    or of ``sum_k w_k`` (query MSE after step k)."""
 
     def task_loss(x, y, xq, yq):
         params, losses = theta, []
         for k in range(num_steps):
             grads = jax.grad(lambda p: mse(model, p, x, y))(params)
             params = jax.tree.map(
-                lambda p, g, r: p - r[min(k, r.shape[0] - 1)] * g, params, grads, rates
+                lambda p, g, r: p - r[min(k, r.shape[0] - 1)] * g,  # noqa: B023 (called at once)
+                params,
+                grads,
+                rates,
             )
             losses.append(mse(model, params, xq, yq))
         if weights is None:
@@ -163,9 +167,9 @@ def test_multi_step_loss_matches_its_objective(x64, first_order):
         xq, yq = batch.query.x[t], batch.query.y[t]
         params = theta
         for w in weights:
-            grads = jax.grad(lambda p: mse(model, p, x, y))(params)
+            grads = jax.grad(mse, argnums=1)(model, params, x, y)
             params = jax.tree.map(lambda p, g: p - RATE * g, params, grads)
-            query_grad = jax.grad(lambda p: mse(model, p, xq, yq))(params)
+            query_grad = jax.grad(mse, argnums=1)(model, params, xq, yq)
             expected += w * ravel_pytree(query_grad)[0] / 2
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-13)
 

@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from metax import data, learner, module, nn, sharding
+from metax import data, learner, module, nn
+from metax.train import sharding
 
 
 def _setup(outer_optimizer):

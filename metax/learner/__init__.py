@@ -13,6 +13,7 @@ from metax.learner.implicit import (
 from metax.learner.inner import Adaptation, InnerLoop, TaskAdaptation, adapt, adapt_task
 from metax.learner.learned_sgd import learned_sgd
 from metax.learner.maml import maml
+from metax.learner.prototypical import prototypical
 from metax.learner.reptile import buffered_reptile, reptile
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "implicit",
     "learned_sgd",
     "maml",
+    "prototypical",
     "recurrent_backprop",
     "reptile",
     "t1t2",

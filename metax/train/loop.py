@@ -1,0 +1,272 @@
+"""The training loop: the one gin-configurable root of an experiment (``train`` in gin files).
+
+Everything a run needs is derived from its arguments and ``seed``: task batches are sampled on
+device inside the compiled step from ``fold_in(key, step)``, so a resumed run replays the same
+batches. The loop writes to ``workdir``:
+
+* ``config.gin``: the operative gin config (process 0; never overwritten on resume),
+* TensorBoard event files (training metrics every ``log_every`` steps, averaged over those
+  steps; evaluation every ``eval_every`` steps; steps/s; for image tasks, a grid of the first
+  training episode at step 0), through ``clu.metric_writers``,
+* ``checkpoints/<step>/``: orbax checkpoints of the `MetaState` (the state is the checkpoint),
+* ``final_metrics.json``: flat metric name -> number, with 95% confidence half-widths.
+* ``regression_tasks.png`` (regression tasks): a few held-out tasks at the end, ground truth,
+  support points and predictions before and after adaptation (also in TensorBoard).
+
+Running again with the same workdir resumes from the latest checkpoint.
+"""
+
+import json
+import time
+from collections.abc import Sequence
+
+import gin
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+import metax.train.configurables  # noqa: F401  (gin registrations used by experiment files)
+from metax import checks
+from metax.data.base import TaskSampler
+from metax.learner.base import Learner
+from metax.train import figures, sharding
+from metax.train import workdir as run_dir
+from metax.train.evaluation import Evaluator
+from metax.train.signals import StopSignals
+from metax.train.step import (
+    FIGURE,
+    NONFINITE,
+    abstract_state,
+    fetch,
+    first_train_episode,
+    make_train_step,
+)
+
+REGRESSION_FIGURE = "regression_tasks.png"
+
+
+def _check_positive(**numbers: int) -> None:
+    for name, value in numbers.items():
+        if value < 1:
+            raise ValueError(f"train.{name} must be a positive integer, got {value}.")
+
+
+def _interval_metrics(fetched: list[dict], first_step: int, skip_nonfinite: bool, where: str):
+    """Averages the metrics of consecutive steps ``first_step + 1, ...``; raises a
+    FloatingPointError at the first non-finite step unless ``skip_nonfinite``."""
+    good = [m for m in fetched if not m[NONFINITE]]
+    if len(good) < len(fetched) and not skip_nonfinite:
+        index = next(i for i, m in enumerate(fetched) if m[NONFINITE])
+        bad = sorted(k for k, v in fetched[index].items() if k != NONFINITE and not np.isfinite(v))
+        raise FloatingPointError(
+            f"Non-finite {', '.join(bad) or 'meta-parameters'} at meta-step "
+            f"{first_step + index + 1}: the update was not applied and no checkpoint was "
+            f"written after it ({where}). Lower the learning rates, or set "
+            f"train.skip_nonfinite = True to skip such updates (counted in "
+            f"train/skipped_steps)."
+        )
+    names = [k for k in fetched[0] if k != NONFINITE]
+    metrics = {
+        f"train/{k}": float(np.mean([m[k] for m in good])) if good else float("nan") for k in names
+    }
+    metrics["train/skipped_steps"] = float(len(fetched) - len(good))
+    return metrics
+
+
+@gin.configurable("train", module="metax.train")
+def train(
+    *,
+    learner: Learner,
+    train_sampler: TaskSampler,
+    workdir: str,
+    eval_sampler: TaskSampler | None = None,
+    meta_batch_size: int = 25,
+    num_steps: int = 1000,
+    seed: int = 0,
+    log_every: int = 100,
+    eval_every: int = 1000,
+    eval_inner_steps: Sequence[int] = (1, 5, 10),
+    eval_num_tasks: int = 600,
+    eval_batch_size: int | None = None,
+    checkpoint_every: int = 1000,
+    max_checkpoints_to_keep: int = 3,
+    skip_nonfinite: bool = False,
+    allow_config_change: bool = False,
+) -> dict[str, float]:
+    """Meta-trains ``learner`` on tasks from ``train_sampler`` and evaluates on held-out tasks.
+
+    Args:
+      learner: e.g. ``metax.learner.maml(...)``.
+      train_sampler: draws meta-training tasks; ``eval_sampler`` (default: the same family)
+        draws the held-out evaluation tasks from a separate key stream.
+      workdir: output folder (created); an existing run there is resumed from its latest
+        readable checkpoint, if the config is the stored one (see ``allow_config_change``).
+      meta_batch_size: tasks per meta-step; must divide over all devices.
+      num_steps: total meta-steps of the run (a resumed run stops at the same step).
+      seed: the only source of randomness of the run.
+      log_every, eval_every, checkpoint_every: periods in meta-steps.
+      eval_inner_steps: evaluate after each of these numbers of inner steps.
+      eval_num_tasks: evaluation tasks (rounded up to a whole number of eval batches).
+      eval_batch_size: tasks per evaluation chunk (default ``meta_batch_size``).
+      max_checkpoints_to_keep: older checkpoints are deleted.
+      skip_nonfinite: a step with a non-finite metric or meta-parameter is never applied; by
+        default the run then stops with a FloatingPointError naming the step (checkpoints
+        stay those of earlier, finite steps); if True it goes on, counting skipped steps.
+      allow_config_change: resume a workdir whose stored config differs from this one
+        (the new config is stored beside the old one).
+
+    Returns:
+      The final metrics (also written to ``workdir/final_metrics.json``); after SIGTERM or
+      SIGINT, ``{"step": ..., "stopped_by_signal": 1.0}`` once the current step is saved.
+    """
+    eval_batch_size = eval_batch_size or meta_batch_size
+    _check_positive(
+        meta_batch_size=meta_batch_size,
+        num_steps=num_steps,
+        log_every=log_every,
+        eval_every=eval_every,
+        eval_num_tasks=eval_num_tasks,
+        eval_batch_size=eval_batch_size,
+        checkpoint_every=checkpoint_every,
+        max_checkpoints_to_keep=max_checkpoints_to_keep,
+    )
+    if not eval_inner_steps or min(eval_inner_steps) < 0:
+        raise ValueError(
+            f"train.eval_inner_steps must be a non-empty tuple of step counts >= 0, "
+            f"got {eval_inner_steps}."
+        )
+    mesh = sharding.task_mesh()
+    sharding.check_divisible(meta_batch_size, mesh)
+    sharding.check_divisible(eval_batch_size, mesh, what="evaluation batch (train.eval_batch_size)")
+    workdir = run_dir.resolve(workdir)
+    run_dir.check_writable(workdir)
+    episode = first_train_episode(train_sampler, seed)
+    if learner.meta_model is not None:
+        checks.check_model_fits_data(learner.meta_model, episode)
+    run_dir.check_and_store_config(workdir, gin.operative_config_str(), allow_config_change)
+
+    from clu import metric_writers, periodic_actions  # Imports TensorFlow: only when training.
+
+    is_chief = jax.process_index() == 0
+    start_time = time.time()
+    init, train_step = make_train_step(learner, train_sampler, meta_batch_size, mesh, seed)
+    evaluator = Evaluator(
+        learner,
+        eval_sampler or train_sampler,
+        mesh,
+        seed,
+        eval_num_tasks,
+        eval_batch_size,
+        eval_inner_steps,
+    )
+    checkpoints = run_dir.checkpoint_manager(workdir, max_checkpoints_to_keep)
+    restored, latest = run_dir.restore_latest(checkpoints, abstract_state(init, mesh))
+    if restored is None:
+        state = init()
+    else:
+        state = restored
+        logging.info("Resumed from the checkpoint of step %d in %s.", latest, workdir)
+
+    writer = metric_writers.create_default_writer(
+        str(workdir), just_logging=not is_chief, asynchronous=True
+    )
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=num_steps, writer=writer, every_steps=log_every
+    )
+    step = int(fetch(state.step))
+    if step == 0 and is_chief and figures.is_image_episode(episode):
+        writer.write_images(0, {"episode": figures.episode_grid(episode)[None]})
+    history, train_metrics = [], {}
+    checked_step = step  # Steps up to here are known to be finite.
+
+    def check_history():
+        """Fetches the pending steps' metrics; raises at a non-finite step (see above)."""
+        nonlocal history, checked_step
+        fetched = fetch(history)
+        where = f"the last checkpoint, of step {checkpoints.latest_step()}, is intact"
+        metrics = _interval_metrics(fetched, checked_step, skip_nonfinite, where)
+        checked_step += len(fetched)
+        history = []
+        return metrics
+
+    logging.info("Training from step %d to %d on %d devices.", step, num_steps, mesh.size)
+    try:
+        with StopSignals() as signals:
+            while step < num_steps:
+                state, metrics = train_step(state)
+                step += 1
+                if history:
+                    # At most two steps in flight: wait (no copy) for the previous one.
+                    # Unbounded queues of multi-device executions deadlock XLA:CPU's
+                    # in-process all-reduce (seen with 8 virtual devices on 2 cores); on
+                    # accelerators one queued step keeps the device busy all the same.
+                    jax.block_until_ready(history[-1])
+                history.append(metrics)
+                stop = signals.should_stop(checkpoints, step)
+                if step % log_every == 0 or step == num_steps:
+                    # The only device-to-host copy of the loop: the interval's metrics.
+                    train_metrics = check_history()
+                    writer.write_scalars(step, train_metrics)
+                progress(step)
+                if step % eval_every == 0 and step < num_steps and not stop:
+                    writer.write_scalars(step, evaluator(state))
+                if step % checkpoint_every == 0 or step == num_steps or stop:
+                    if history:
+                        check_history()  # Never checkpoint past a non-finite step.
+                    checkpoints.save(step, args=ocp.args.StandardSave(state))
+                if stop:
+                    break
+        checkpoints.wait_until_finished()
+        if signals.received is not None:
+            logging.warning(
+                "Received %s at step %d: saved the checkpoint of step %d in %s; exiting. "
+                "Run the same command to resume.",
+                signals.received,
+                step,
+                step,
+                workdir,
+            )
+            return {"step": float(step), "stopped_by_signal": 1.0}
+        final = {"step": float(step), **train_metrics, **evaluator(state)}
+        writer.write_scalars(step, {k: v for k, v in final.items() if k.startswith("eval/")})
+        _write_regression_figure(
+            learner,
+            state,
+            eval_sampler or train_sampler,
+            seed,
+            step,
+            max(eval_inner_steps),
+            writer,
+            workdir,
+            is_chief,
+        )
+    finally:
+        # One shutdown for every exit (end, signal, error): pending saves finish, files close.
+        checkpoints.close()
+        writer.flush()
+        writer.close()
+    final["wall_time_s"] = time.time() - start_time
+    if is_chief:
+        (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))
+    logging.info("Final metrics: %s", json.dumps(final, sort_keys=True))
+    return final
+
+
+def _write_regression_figure(
+    learner, state, sampler, seed, step, inner_steps, writer, workdir, is_chief
+):
+    """For regression tasks with a ground truth: a few held-out tasks before and after
+    adaptation, to TensorBoard and ``workdir/regression_tasks.png``."""
+    if not figures.has_regression_curves(learner, sampler):
+        return
+    curves = figures.regression_curves(
+        learner, state, sampler, jax.random.fold_in(jax.random.key(seed), FIGURE), inner_steps
+    )
+    image = figures.regression_figure(
+        figures.RegressionCurves(*fetch(tuple(curves))),
+        title=f"held-out tasks after {step} meta-steps, {inner_steps} inner steps",
+    )
+    writer.write_images(step, {"regression_tasks": image[None]})
+    if is_chief:
+        figures.save_png(image, workdir / REGRESSION_FIGURE)

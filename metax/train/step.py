@@ -1,0 +1,99 @@
+"""The compiled meta-step of a run: task batches drawn on device, the divergence guard."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metax.data.base import TaskSampler, sample_meta_batch
+from metax.learner.base import Learner, MetaState
+from metax.train import sharding
+from metax.types import Metrics
+
+# Independent key streams derived from the seed (fold_in tags).
+INIT, TRAIN_DATA, TRAIN_STEP, EVAL_DATA, EVAL_STEP, FIGURE = range(6)
+NONFINITE = "nonfinite"
+
+
+def fetch(tree):
+    """Copies replicated device arrays to host numpy arrays. Works with several processes,
+    where a replicated array is not fully addressable by any one of them (device_get fails)."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
+def all_finite(tree) -> jax.Array:
+    """A boolean scalar: every entry of every leaf of ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def guard_nonfinite(meta_step):
+    """Wraps ``meta_step(state, *args) -> (state, metrics)`` so that a non-finite update is
+    never applied: if any metric or new meta-parameter is not finite, it returns the old state
+    with the step counter advanced (the next step draws new tasks) and
+    ``metrics["nonfinite"] = 1`` (else 0); the host decides what to do."""
+
+    def guarded(state: MetaState, *args) -> tuple[MetaState, Metrics]:
+        new_state, metrics = meta_step(state, *args)
+        finite = all_finite((metrics, new_state.meta_params))
+        skipped = state._replace(step=state.step + 1)
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, skipped)
+        return new_state, {**metrics, NONFINITE: 1.0 - finite.astype(jnp.float32)}
+
+    return guarded
+
+
+def make_train_step(learner: Learner, sampler: TaskSampler, meta_batch_size: int, mesh, seed: int):
+    """The compiled ``init() -> state`` and ``train_step(state) -> (state, metrics)`` of a run.
+
+    The meta-batch of step ``t`` is drawn inside the step from ``fold_in(key, t)``, task ``i``
+    from ``fold_in(., i)``, with the task axis sharded over ``mesh``: each device (and so each
+    host) computes only its own tasks, and the batch is the same whatever the mesh. The state
+    is replicated and donated. Keys are closed over, so no host data enters a step.
+
+    Divergence guard: if any metric or new meta-parameter is not finite, the step returns the
+    old state (step counter advanced) and ``metrics["nonfinite"] = 1``.
+    """
+    sharding.check_divisible(meta_batch_size, mesh)
+    rep, tasks = sharding.replicated(mesh), sharding.task_sharded(mesh)
+    root_key = jax.random.key(seed)
+    data_key = jax.random.fold_in(root_key, TRAIN_DATA)
+    step_key = jax.random.fold_in(root_key, TRAIN_STEP)
+
+    def sample(step):
+        batch = sample_meta_batch(sampler, jax.random.fold_in(data_key, step), meta_batch_size)
+        return jax.lax.with_sharding_constraint(batch, tasks)
+
+    def init():
+        return learner.init(jax.random.fold_in(root_key, INIT), sample(0))
+
+    guarded_step = guard_nonfinite(learner.meta_step)
+
+    def train_step(state: MetaState):
+        return guarded_step(state, sample(state.step), jax.random.fold_in(step_key, state.step))
+
+    return (
+        jax.jit(init, out_shardings=rep),
+        jax.jit(train_step, in_shardings=(rep,), out_shardings=(rep, rep), donate_argnums=0),
+    )
+
+
+def first_train_episode(sampler: TaskSampler, seed: int):
+    """Task 0 of meta-step 0 of a run (as host arrays): what the model is fed first."""
+    data_key = jax.random.fold_in(jax.random.key(seed), TRAIN_DATA)
+    batch = jax.jit(lambda: sample_meta_batch(sampler, jax.random.fold_in(data_key, 0), 1))()
+    return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(batch))
+
+
+def abstract_state(init, mesh):
+    """Shapes, dtypes and (replicated) shardings of the state, without computing it."""
+    replicated = sharding.replicated(mesh)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(init),
+    )
