@@ -41,7 +41,7 @@ def child(learner_name: str, num_steps: int, remat: bool, task_chunk: str) -> di
     import optax
     from common import context, omniglot_images
 
-    from metax import data, energy, learner, module, nn
+    from metax import data, energy, learner, meta_models, nn
 
     images, source = omniglot_images()
     sampler = data.fewshot(images, ways=5, shots=1, queries=15, rotations=True)
@@ -52,7 +52,7 @@ def child(learner_name: str, num_steps: int, remat: bool, task_chunk: str) -> di
     )
     if learner_name == "maml":
         meta_learner = learner.maml(
-            module.learned_init(model, loss_fn=energy.cross_entropy),
+            meta_models.learned_init(model, loss_fn=energy.cross_entropy),
             optax.sgd(0.4),
             optax.adam(1e-3),
             num_inner_steps=num_steps,
@@ -61,7 +61,7 @@ def child(learner_name: str, num_steps: int, remat: bool, task_chunk: str) -> di
         )
     else:
         meta_learner = learner.implicit(
-            module.learned_init(model, loss_fn=energy.cross_entropy, reg_strength=10.0),
+            meta_models.learned_init(model, loss_fn=energy.cross_entropy, reg_strength=10.0),
             learner.conjugate_gradient(10),
             optax.sgd(0.4),
             optax.adam(1e-3),

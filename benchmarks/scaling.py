@@ -42,12 +42,12 @@ def measure(batches: list[int], steps: int) -> None:
     import jax
     import optax
 
-    from metax import data, learner, module, nn
+    from metax import data, learner, meta_models, nn
     from metax.train import make_train_step, sharding
 
     mesh = sharding.task_mesh()
     maml = learner.maml(
-        module.learned_init(nn.mlp([40, 40], 1)),
+        meta_models.learned_init(nn.mlp([40, 40], 1)),
         optax.sgd(0.01),
         optax.adam(1e-3),
         num_inner_steps=1,

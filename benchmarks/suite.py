@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 from common import Candidate, compare, context, omniglot_images
 
-from metax import data, energy, learner, module, nn
+from metax import data, energy, learner, meta_models, nn
 
 OUTER_LR, W1_TASKS, W2_TASKS, WAYS, SHOTS, QUERIES = 1e-3, 25, 32, 5, 1, 15
 # REG = 10 keeps the inner Hessian positive definite, as conjugate gradient needs.
@@ -184,11 +184,11 @@ def workload(name):
     optimizer = optax.adam(OUTER_LR)
     mlp = nn.mlp([40, 40], 1)
     if name == "W1":
-        maml = learner.maml(module.learned_init(mlp), optax.sgd(0.01), optimizer, 5)
+        maml = learner.maml(meta_models.learned_init(mlp), optax.sgd(0.01), optimizer, 5)
         return maml, reference_maml(lambda p, x, y: (mse(p, x, y), 0.0), 5, 0.01, False, optimizer)
     if name == "implicit_W1":
         metax_learner = learner.implicit(
-            module.learned_init(mlp, reg_strength=REG),
+            meta_models.learned_init(mlp, reg_strength=REG),
             learner.conjugate_gradient(CG_STEPS),
             optax.sgd(0.01),
             optimizer,
@@ -197,7 +197,7 @@ def workload(name):
         return metax_learner, reference_implicit(10, 0.01, optimizer)
     if name == "eqprop_W1":
         metax_learner = learner.eqprop(
-            module.learned_init(mlp, reg_strength=REG),
+            meta_models.learned_init(mlp, reg_strength=REG),
             optax.sgd(0.01),
             optimizer,
             num_inner_steps=10,
@@ -209,7 +209,7 @@ def workload(name):
     first_order = name == "W3"
     model = nn.sequential(body=nn.conv4(64, pooling="max"), head=nn.linear(WAYS))
     maml = learner.maml(
-        module.learned_init(model, loss_fn=energy.cross_entropy),
+        meta_models.learned_init(model, loss_fn=energy.cross_entropy),
         optax.sgd(0.4),
         optimizer,
         num_inner_steps=steps,

@@ -1,6 +1,6 @@
 """ANIL meta-learned by an evolution strategy (evosax's OpenES), without any meta-gradient.
 
-`module.anil` meta-learns a shared MLP body and the initialization of a linear head; each task
+`meta_models.anil` meta-learns a shared MLP body and the initialization of a linear head; each task
 adapts only the head. `learner.evolution` searches the meta-parameters with a population of
 perturbations whose fitness is the post-adaptation query loss - it works with any meta-model,
 even one whose inner loop cannot be differentiated. Prints the post-adaptation query loss on
@@ -15,7 +15,7 @@ import os
 import jax
 import optax
 
-from metax import data, learner, module, nn
+from metax import data, learner, meta_models, nn
 from metax.train import figures
 
 STEPS = int(os.environ.get("METAX_EXAMPLE_STEPS", 3000))
@@ -28,7 +28,7 @@ def main():
 
     sampler = data.sinusoid()
     body = nn.mlp([40], 40, activate_final=True)
-    meta_model = module.anil(body, nn.linear(1))
+    meta_model = meta_models.anil(body, nn.linear(1))
     es = learner.evolution(
         meta_model,
         strategy="Open_ES",

@@ -1,6 +1,6 @@
 """CAVIA meta-learned by implicit differentiation with conjugate gradient (iMAML's estimator).
 
-`module.cavia` meta-learns a whole network and adapts only a small context vector that is
+`meta_models.cavia` meta-learns a whole network and adapts only a small context vector that is
 concatenated to every input (reset to zero for each task). `learner.implicit` runs the inner
 loop to (near) convergence without differentiating it, then applies the implicit function
 theorem at the adapted context: the Hessian-inverse-vector product comes from a few conjugate
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metax import data, learner, module, nn
+from metax import data, learner, meta_models, nn
 from metax.train import figures
 
 STEPS = int(os.environ.get("METAX_EXAMPLE_STEPS", 2000))
@@ -30,7 +30,7 @@ def main():
     args = parser.parse_args()
 
     sampler = data.sinusoid(amplitude_range=(0.1, 0.5))
-    meta_model = module.cavia(nn.mlp([20], 1, activation=jnp.tanh), embedding_dim=5)
+    meta_model = meta_models.cavia(nn.mlp([20], 1, activation=jnp.tanh), embedding_dim=5)
     implicit = learner.implicit(
         meta_model,
         learner.conjugate_gradient(num_steps=10, damping=0.01),

@@ -1,6 +1,6 @@
 """Complex synapses meta-learned by equilibrium propagation (the contrastive meta-learning rule).
 
-`module.complex_synapse` gives each weight a meta-learned anchor omega and a meta-learned pull
+`meta_models.complex_synapse` gives each weight a meta-learned anchor omega and a meta-learned pull
 strength lambda: a task minimizes its support loss plus sum lambda/2 (w - omega)^2. Equilibrium
 propagation needs no derivative of the inner loop: it runs a free phase (support loss only)
 and nudged phases (plus or minus beta times the query loss) and contrasts the energy's
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metax import data, learner, module, nn
+from metax import data, learner, meta_models, nn
 from metax.train import figures
 
 STEPS = int(os.environ.get("METAX_EXAMPLE_STEPS", 2000))
@@ -31,7 +31,9 @@ def main():
     args = parser.parse_args()
 
     sampler = data.sinusoid(amplitude_range=(0.1, 0.5))
-    meta_model = module.complex_synapse(nn.mlp([20], 1, activation=jnp.tanh), log_strength_init=0.0)
+    meta_model = meta_models.complex_synapse(
+        nn.mlp([20], 1, activation=jnp.tanh), log_strength_init=0.0
+    )
     eqprop = learner.eqprop(
         meta_model,
         inner_optimizer=optax.sgd(0.05),

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metax import data, learner, module, nn
+from metax import data, learner, meta_models, nn
 from metax.train import figures
 
 STEPS = int(os.environ.get("METAX_EXAMPLE_STEPS", 3000))
@@ -58,7 +58,7 @@ def main():
     args = parser.parse_args()
 
     sampler = data.sinusoid()
-    meta_model = module.learned_init(fourier_features(NUM_FEATURES), loss_fn=huber)
+    meta_model = meta_models.learned_init(fourier_features(NUM_FEATURES), loss_fn=huber)
     fomaml = learner.maml(
         meta_model, optax.sgd(0.5), optax.adam(3e-3), num_inner_steps=5, first_order=True
     )

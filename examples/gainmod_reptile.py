@@ -1,6 +1,6 @@
 """Gain modulation meta-learned with buffered Reptile (the original metax's combination).
 
-`module.gain_mod` keeps a shared MLP body and meta-learns, per hidden unit, a gain and a shift
+`meta_models.gain_mod` keeps a shared MLP body and meta-learns, per hidden unit, a gain and a shift
 applied to its pre-activation; each task adapts its own gains, shifts and head. Buffered
 Reptile needs no backward pass through the inner loop: along the inner trajectory it sums
 the partial derivatives of the inner energy with respect to the meta-parameters, so every
@@ -17,7 +17,7 @@ import os
 import jax
 import optax
 
-from metax import data, learner, module, nn
+from metax import data, learner, meta_models, nn
 from metax.train import figures
 
 STEPS = int(os.environ.get("METAX_EXAMPLE_STEPS", 5000))
@@ -30,7 +30,7 @@ def main():
 
     sampler = data.sinusoid()
     body = nn.mlp([40], 40, activate_final=True)  # Gains and shifts modulate its hidden units.
-    meta_model = module.gain_mod(body, nn.linear(1), adapt_head=True, reg_strength=0.1)
+    meta_model = meta_models.gain_mod(body, nn.linear(1), adapt_head=True, reg_strength=0.1)
     reptile = learner.buffered_reptile(
         meta_model, optax.sgd(0.02), optax.adam(1e-3), num_inner_steps=5
     )

@@ -1,6 +1,6 @@
 """MAML on sinusoid regression: the 30-second tour of metax's functional API.
 
-A meta-model (here `module.learned_init`: MAML meta-learns the network's initialization) and a
+A meta-model (here `meta_models.learned_init`: MAML meta-learns the network's initialization) and a
 learner (`learner.maml`, second order) are NamedTuples of pure functions. You own the loop:
 sample a batch of tasks, call `meta_step`, repeat. Everything is jit-compiled; no gin, no
 launcher. Prints the post-adaptation query loss on held-out tasks before and after
@@ -15,7 +15,7 @@ import os
 import jax
 import optax
 
-from metax import data, learner, module, nn
+from metax import data, learner, meta_models, nn
 from metax.train import figures
 
 STEPS = int(os.environ.get("METAX_EXAMPLE_STEPS", 5000))  # The test sets a small number.
@@ -27,7 +27,7 @@ def main():
     args = parser.parse_args()
 
     sampler = data.sinusoid()  # y = A sin(x - phi): 10 support + 10 query points per task
-    meta_model = module.learned_init(nn.mlp([40, 40], 1))
+    meta_model = meta_models.learned_init(nn.mlp([40, 40], 1))
     maml = learner.maml(meta_model, optax.sgd(0.01), optax.adam(1e-3), num_inner_steps=1)
 
     # Every random draw from its own key: a run is reproducible from the seed.

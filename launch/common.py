@@ -41,6 +41,9 @@ class QuietLibraries(logging_std.Filter):
         return not path.endswith("gin/resource_reader.py")
 
 
+RENAMED_GIN_MODULE, NEW_GIN_MODULE = "metax.module.", "metax.meta_models."
+
+
 def _configurables() -> dict[str, object]:
     """Every registered configurable under its full and its short name."""
     names = {}
@@ -60,6 +63,9 @@ def gin_error_message(error: Exception) -> str:
     first = str(error).strip().splitlines()[0]
     configurables = _configurables()
     unknown = re.match(r"No configurable matching '([^']+)'", first)
+    if unknown and unknown.group(1).startswith(RENAMED_GIN_MODULE):
+        new = NEW_GIN_MODULE + unknown.group(1)[len(RENAMED_GIN_MODULE) :]
+        return f"{first}: metax.module was renamed metax.meta_models; write '{new}'."
     if unknown:
         return first + _did_you_mean(unknown.group(1), configurables)
     unknown = re.match(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", first)

@@ -1,13 +1,13 @@
 """metax: meta-learning in JAX with pure functions.
 
-``import metax`` loads the functional core (nn, energy, data, module, learner) and never
+``import metax`` loads the functional core (nn, energy, data, meta_models, learner) and never
 TensorFlow; the training loop (`metax.train`) imports its heavier dependencies when called.
 """
 
-from metax import data, energy, learner, module, nn
+from metax import data, energy, learner, meta_models, nn
 from metax.data import Dataset, MetaBatch, TaskSampler
 from metax.learner import Learner, MetaState
-from metax.module import MetaModel
+from metax.meta_models import MetaModel
 from metax.nn import Model
 
 __version__ = "0.1.0"
@@ -23,6 +23,6 @@ __all__ = [
     "data",
     "energy",
     "learner",
-    "module",
+    "meta_models",
     "nn",
 ]

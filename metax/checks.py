@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metax.data.base import MetaBatch
-from metax.module.base import MetaModel
+from metax.meta_models.base import MetaModel
 
 
 def _first_line(error: Exception) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from metax import data, energy, learner, module, nn
+from metax import data, energy, learner, meta_models, nn
 from metax.train import fetch, make_train_step, sharding
 
 NUM_STEPS = 4
@@ -16,11 +16,11 @@ def make(name):
     mlp = nn.mlp([8], 1, activation=jnp.tanh)
     if name == "maml":
         return learner.maml(
-            module.learned_init(mlp), optax.sgd(0.05), optax.sgd(0.1), num_inner_steps=2
+            meta_models.learned_init(mlp), optax.sgd(0.05), optax.sgd(0.1), num_inner_steps=2
         )
     if name == "implicit":
         return learner.implicit(
-            module.learned_init(mlp, reg_strength=1.0),
+            meta_models.learned_init(mlp, reg_strength=1.0),
             learner.conjugate_gradient(3),
             optax.sgd(0.05),
             optax.sgd(0.1),
@@ -30,13 +30,15 @@ def make(name):
         body = nn.conv4(num_channels=4, num_blocks=2, pooling="strided")
         model = nn.sequential(body=body, head=nn.linear(3))
         return learner.maml(
-            module.learned_init(model, loss_fn=energy.cross_entropy),
+            meta_models.learned_init(model, loss_fn=energy.cross_entropy),
             optax.sgd(0.4),
             optax.sgd(0.1),
             num_inner_steps=1,
         )
     if name == "evolution":
-        return learner.evolution(module.learned_init(mlp), population_size=4, num_inner_steps=1)
+        return learner.evolution(
+            meta_models.learned_init(mlp), population_size=4, num_inner_steps=1
+        )
     raise ValueError(name)
 
 

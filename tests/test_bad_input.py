@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from xla_flags import with_device_count
 
-from metax import checks, data, energy, module, nn
+from metax import checks, data, energy, meta_models, nn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "configs/maml_sinusoid_quick.gin"
@@ -166,9 +166,9 @@ def test_classification_head_smaller_than_the_number_of_ways():
     episode = data.fewshot(images, ways=5, shots=1, queries=1).sample_task(jax.random.key(0))
     model = nn.sequential(body=nn.conv4(num_channels=2, pooling="strided"), head=nn.linear(3))
     with pytest.raises(ValueError, match=r"outputs shape \(5, 3\) but the tasks are 5-way"):
-        checks.check_model_fits_data(module.learned_init(model, energy.cross_entropy), episode)
+        checks.check_model_fits_data(meta_models.learned_init(model, energy.cross_entropy), episode)
     fitting = nn.sequential(body=nn.conv4(num_channels=2, pooling="strided"), head=nn.linear(5))
-    checks.check_model_fits_data(module.learned_init(fitting, energy.cross_entropy), episode)
+    checks.check_model_fits_data(meta_models.learned_init(fitting, energy.cross_entropy), episode)
 
 
 def test_energies_refuse_shapes_that_would_broadcast():

@@ -226,14 +226,14 @@ def test_evolution_strategy_state_resumes_exactly(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from metax import data, learner, module, nn
+    from metax import data, learner, meta_models, nn
     from metax.train import sharding
     from metax.train import workdir as run_dir
     from metax.train.step import abstract_state as _abstract_state
     from metax.train.step import make_train_step
 
     evolution = learner.evolution(
-        module.anil(nn.mlp([8], 8, activate_final=True), nn.linear(1)), population_size=4
+        meta_models.anil(nn.mlp([8], 8, activate_final=True), nn.linear(1)), population_size=4
     )
     mesh = sharding.task_mesh(jax.devices()[:1])
     init, step = make_train_step(evolution, data.sinusoid(), 4, mesh, seed=0)

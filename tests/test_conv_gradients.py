@@ -18,7 +18,7 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from metax import data, energy, learner, module, nn
+from metax import data, energy, learner, meta_models, nn
 
 WAYS, SHOTS, QUERIES, TASKS = 3, 1, 2, 2
 
@@ -64,7 +64,9 @@ def test_conv4_gradient_under_jit_equals_unjitted_and_finite_differences(x64, po
 def conv_maml(pooling, batch_norm, first_order):
     body = nn.conv4(num_channels=64, num_blocks=1, pooling=pooling)
     model = nn.sequential(body=body, head=nn.linear(WAYS))
-    meta_model = module.learned_init(model, loss_fn=energy.cross_entropy, batch_norm=batch_norm)
+    meta_model = meta_models.learned_init(
+        model, loss_fn=energy.cross_entropy, batch_norm=batch_norm
+    )
     return learner.maml(
         meta_model,
         optax.sgd(0.5),

@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 from test_figures import check_regression_figure
 from test_maml import ALPHA, closed_form_maml_gradient, linear_regression_batch
 
-from metax import data, energy, learner, module, nn
+from metax import data, energy, learner, meta_models, nn
 from metax.learner import inner
 from metax.train import sharding
 
@@ -25,7 +25,7 @@ def flat(tree):
 
 def tanh_maml(outer=None, **kwargs):
     return learner.maml(
-        module.learned_init(nn.mlp([16, 16], 1, activation=jnp.tanh)),
+        meta_models.learned_init(nn.mlp([16, 16], 1, activation=jnp.tanh)),
         optax.sgd(0.05),
         outer or optax.scale(1.0),
         **kwargs,
@@ -36,7 +36,7 @@ def conv_maml(**kwargs):
     body = nn.conv4(num_channels=3, num_blocks=2, pooling="max")
     model = nn.sequential(body=body, head=nn.linear(3))
     return learner.maml(
-        module.learned_init(model, loss_fn=energy.cross_entropy),
+        meta_models.learned_init(model, loss_fn=energy.cross_entropy),
         optax.sgd(0.4),
         optax.scale(1.0),
         **kwargs,
@@ -67,7 +67,7 @@ def test_truncated_backprop_has_its_closed_form(x64):
 
     def maml(**kwargs):
         return learner.maml(
-            module.learned_init(nn.linear(1)),
+            meta_models.learned_init(nn.linear(1)),
             optax.sgd(ALPHA),
             optax.scale(1.0),
             num_inner_steps=num_steps,
@@ -113,14 +113,14 @@ def learners_of_each_meta_step(task_chunk):
     mlp = nn.mlp([8], 1, activation=jnp.tanh)
     return {
         "implicit": learner.implicit(
-            module.learned_init(mlp, reg_strength=1.0),
+            meta_models.learned_init(mlp, reg_strength=1.0),
             learner.conjugate_gradient(3),
             optax.sgd(0.05),
             num_inner_steps=3,
             task_chunk=task_chunk,
         ),
         "evolution": learner.evolution(
-            module.learned_init(mlp), population_size=4, task_chunk=task_chunk
+            meta_models.learned_init(mlp), population_size=4, task_chunk=task_chunk
         ),
     }
 
@@ -150,7 +150,7 @@ def test_auto_task_strategy_runs_conv_models_one_task_per_device_on_cpu():
     assert inner.resolve_task_chunk(2, 32, mlp_params) == 2
     for bad in (0, -1, "vmap", 1.5, True):
         with pytest.raises(ValueError, match="task_chunk must be None"):
-            learner.maml(module.learned_init(nn.linear(1)), task_chunk=bad)
+            learner.maml(meta_models.learned_init(nn.linear(1)), task_chunk=bad)
 
 
 def test_task_chunks_under_sharding_equal_one_device(x64):

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from PIL import Image
 
-from metax import data, learner, module, nn
+from metax import data, learner, meta_models, nn
 from metax.train import REGRESSION_FIGURE, figures
 
 
@@ -29,7 +29,9 @@ def check_regression_figure(workdir):
 
 def test_regression_curves_show_the_truth_and_the_adaptation():
     sampler = data.sinusoid()
-    maml = learner.maml(module.learned_init(nn.mlp([8], 1)), optax.sgd(0.01), num_inner_steps=1)
+    maml = learner.maml(
+        meta_models.learned_init(nn.mlp([8], 1)), optax.sgd(0.01), num_inner_steps=1
+    )
     key = jax.random.key(0)
     state = maml.init(key, data.sample_meta_batch(sampler, key, 2))
     curves = figures.regression_curves(maml, state, sampler, key, 10, num_tasks=3)

@@ -7,7 +7,7 @@ import optax
 import pytest
 from gradcheck import sinusoid_mse_before_and_after
 
-from metax import data, learner, module, nn
+from metax import data, learner, meta_models, nn
 from metax.train import sharding
 
 
@@ -16,13 +16,13 @@ def tiny_mlp(out=1, activate_final=False):
 
 
 META_MODELS = {
-    "learned_init": lambda: module.learned_init(tiny_mlp()),
-    "learned_init_reg": lambda: module.learned_init(tiny_mlp(), reg_strength=1.0),
-    "anil": lambda: module.anil(tiny_mlp(4, True), nn.linear(1)),
-    "cavia": lambda: module.cavia(tiny_mlp(), embedding_dim=2),
-    "complex_synapse": lambda: module.complex_synapse(tiny_mlp()),
-    "gain_mod": lambda: module.gain_mod(tiny_mlp(4, True), nn.linear(1)),
-    "gain_mod_reg": lambda: module.gain_mod(tiny_mlp(4, True), nn.linear(1), reg_strength=0.1),
+    "learned_init": lambda: meta_models.learned_init(tiny_mlp()),
+    "learned_init_reg": lambda: meta_models.learned_init(tiny_mlp(), reg_strength=1.0),
+    "anil": lambda: meta_models.anil(tiny_mlp(4, True), nn.linear(1)),
+    "cavia": lambda: meta_models.cavia(tiny_mlp(), embedding_dim=2),
+    "complex_synapse": lambda: meta_models.complex_synapse(tiny_mlp()),
+    "gain_mod": lambda: meta_models.gain_mod(tiny_mlp(4, True), nn.linear(1)),
+    "gain_mod_reg": lambda: meta_models.gain_mod(tiny_mlp(4, True), nn.linear(1), reg_strength=0.1),
 }
 INNER = {"inner_optimizer": optax.sgd(0.05), "num_inner_steps": 2}
 LEARNERS = {
@@ -104,7 +104,10 @@ def tanh_mlp():
 LEARNING = {
     "reptile": (
         lambda: learner.reptile(
-            module.learned_init(relu_mlp()), optax.sgd(0.02), optax.adam(1e-3), num_inner_steps=5
+            meta_models.learned_init(relu_mlp()),
+            optax.sgd(0.02),
+            optax.adam(1e-3),
+            num_inner_steps=5,
         ),
         1500,
         5,
@@ -113,7 +116,7 @@ LEARNING = {
     ),
     "buffered_reptile": (
         lambda: learner.buffered_reptile(
-            module.complex_synapse(relu_mlp(), log_strength_init=-2.0),
+            meta_models.complex_synapse(relu_mlp(), log_strength_init=-2.0),
             optax.sgd(0.02),
             optax.adam(1e-3),
             num_inner_steps=5,
@@ -125,7 +128,7 @@ LEARNING = {
     ),
     "implicit": (
         lambda: learner.implicit(
-            module.learned_init(tanh_mlp(), reg_strength=1.0),
+            meta_models.learned_init(tanh_mlp(), reg_strength=1.0),
             learner.conjugate_gradient(10),
             optax.sgd(0.05),
             optax.adam(1e-3),
@@ -138,7 +141,7 @@ LEARNING = {
     ),
     "eqprop": (
         lambda: learner.eqprop(
-            module.complex_synapse(tanh_mlp()),
+            meta_models.complex_synapse(tanh_mlp()),
             optax.sgd(0.05),
             optax.adam(1e-3),
             num_inner_steps=100,
@@ -153,7 +156,7 @@ LEARNING = {
     ),
     "evolution": (
         lambda: learner.evolution(
-            module.cavia(relu_mlp(), 5),
+            meta_models.cavia(relu_mlp(), 5),
             "Open_ES",
             population_size=16,
             inner_optimizer=optax.sgd(1.0),

@@ -15,7 +15,7 @@ import optax
 import pytest
 from gradcheck import meta_gradient
 
-from metax import learner, module, nn
+from metax import learner, meta_models, nn
 from metax.data import Dataset, MetaBatch
 
 LAM = 1.0
@@ -71,7 +71,7 @@ def inner_rate(batch):
 
 def build(make_learner, **kwargs):
     batch = quadratic_batch()
-    meta_model = module.learned_init(nn.linear(1), reg_strength=LAM)
+    meta_model = meta_models.learned_init(nn.linear(1), reg_strength=LAM)
     alpha = inner_rate(batch)
     lrn = make_learner(
         meta_model, inner_optimizer=optax.sgd(alpha), outer_optimizer=optax.scale(1.0), **kwargs
@@ -143,7 +143,7 @@ def test_reptile_closed_form(x64):
     """On the unregularized quadratic over support + query, A_all phi - c_all = A_all(phi - a):
     theta - phi_K = (I - (I - alpha A_all)^K)(theta - a), a = A_all^-1 c_all."""
     batch = quadratic_batch()
-    meta_model = module.learned_init(nn.linear(1))
+    meta_model = meta_models.learned_init(nn.linear(1))
     alpha, K = 0.05, 7
     lrn = learner.reptile(meta_model, optax.sgd(alpha), optax.scale(1.0), num_inner_steps=K)
     state = lrn.init(jax.random.key(0), batch)
@@ -232,7 +232,7 @@ def test_evolution_moves_the_mean_towards_the_optimum():
     """Zero inner steps: the fitness is the query MSE at theta, a quadratic in theta."""
     batch = quadratic_batch(num_tasks=4, dtype=jnp.float32)
     lrn = learner.evolution(
-        module.learned_init(nn.linear(1)),
+        meta_models.learned_init(nn.linear(1)),
         "Open_ES",
         population_size=32,
         num_inner_steps=0,
@@ -261,14 +261,18 @@ def test_evolution_moves_the_mean_towards_the_optimum():
     [
         (
             learner.implicit,
-            lambda: module.learned_init(nn.linear(1)),
+            lambda: meta_models.learned_init(nn.linear(1)),
             r"\['init'\].*starting point",
         ),
-        (learner.eqprop, lambda: module.anil(nn.linear(4), nn.linear(1)), r"\['head_init'\]"),
-        (learner.reptile, lambda: module.anil(nn.linear(4), nn.linear(1)), r"\['body'\].*mirror"),
-        (learner.reptile, lambda: module.complex_synapse(nn.linear(1)), r"\['log_lambda'\]"),
-        (learner.buffered_reptile, lambda: module.learned_init(nn.linear(1)), r"\['init'\]"),
-        (learner.implicit, lambda: module.gain_mod(nn.mlp([4], 4), nn.linear(1)), "gain_init"),
+        (learner.eqprop, lambda: meta_models.anil(nn.linear(4), nn.linear(1)), r"\['head_init'\]"),
+        (
+            learner.reptile,
+            lambda: meta_models.anil(nn.linear(4), nn.linear(1)),
+            r"\['body'\].*mirror",
+        ),
+        (learner.reptile, lambda: meta_models.complex_synapse(nn.linear(1)), r"\['log_lambda'\]"),
+        (learner.buffered_reptile, lambda: meta_models.learned_init(nn.linear(1)), r"\['init'\]"),
+        (learner.implicit, lambda: meta_models.gain_mod(nn.mlp([4], 4), nn.linear(1)), "gain_init"),
     ],
 )
 def test_incompatible_meta_models_are_refused_with_the_reason(make, meta_model, match):

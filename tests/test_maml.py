@@ -8,7 +8,7 @@ import pytest
 from gradcheck import central_differences, meta_gradient, sinusoid_mse_before_and_after
 from jax.flatten_util import ravel_pytree
 
-from metax import data, energy, learner, module, nn
+from metax import data, energy, learner, meta_models, nn
 from metax.data import Dataset, MetaBatch
 
 ALPHA = 0.1
@@ -46,7 +46,10 @@ def reference_meta_loss(model, theta, batch, num_steps):
 def test_second_order_matches_finite_differences(x64, num_steps):
     model, batch = tanh_mlp_problem()
     maml = learner.maml(
-        module.learned_init(model), optax.sgd(ALPHA), optax.scale(1.0), num_inner_steps=num_steps
+        meta_models.learned_init(model),
+        optax.sgd(ALPHA),
+        optax.scale(1.0),
+        num_inner_steps=num_steps,
     )
     state = maml.init(jax.random.key(1), batch)
     flat, unravel = ravel_pytree(state.meta_params["init"])
@@ -59,7 +62,7 @@ def test_second_order_matches_finite_differences(x64, num_steps):
     # First order drops the Hessian terms: the same finite-difference check must reject it,
     # which shows that the check above can fail.
     fo = learner.maml(
-        module.learned_init(model),
+        meta_models.learned_init(model),
         optax.sgd(ALPHA),
         optax.scale(1.0),
         num_inner_steps=num_steps,
@@ -104,7 +107,7 @@ def closed_form_maml_gradient(theta, batch, num_steps, first_order, backprop_ste
 def test_linear_regression_closed_form(x64, first_order, num_steps):
     batch = linear_regression_batch()
     maml = learner.maml(
-        module.learned_init(nn.linear(1)),
+        meta_models.learned_init(nn.linear(1)),
         optax.sgd(ALPHA),
         optax.scale(1.0),
         num_inner_steps=num_steps,
@@ -124,7 +127,7 @@ def test_imaml_regularizer_enters_the_inner_loop(x64):
     theta-dependence is differentiated too: finite differences of unrolled GD written out."""
     batch = linear_regression_batch(num_tasks=2)
     lam = 0.7
-    meta_model = module.learned_init(nn.linear(1), reg_strength=lam)
+    meta_model = meta_models.learned_init(nn.linear(1), reg_strength=lam)
     maml = learner.maml(meta_model, optax.sgd(ALPHA), optax.scale(1.0), num_inner_steps=2)
     state = maml.init(jax.random.key(1), batch)
     theta = state.meta_params["init"]
@@ -159,7 +162,7 @@ def test_full_minibatch_equals_full_batch_and_smaller_differs(x64):
     grads = {}
     for batch_size in (None, 6, 3):
         maml = learner.maml(
-            module.learned_init(model),
+            meta_models.learned_init(model),
             optax.sgd(ALPHA),
             optax.scale(1.0),
             num_inner_steps=2,
@@ -172,7 +175,7 @@ def test_full_minibatch_equals_full_batch_and_smaller_differs(x64):
 
 
 def test_invalid_arguments_are_rejected():
-    meta_model = module.learned_init(nn.linear(1))
+    meta_model = meta_models.learned_init(nn.linear(1))
     with pytest.raises(ValueError, match="num_inner_steps must be >= 0"):
         learner.maml(meta_model, num_inner_steps=-1)
     maml = learner.maml(meta_model, inner_batch_size=50)
@@ -185,6 +188,6 @@ def test_invalid_arguments_are_rejected():
 def test_maml_learns_sinusoid():
     """A short run lowers the post-adaptation query MSE of held-out tasks well below its
     value at initialization (measured: 3.81 -> 0.73 after 2,000 steps)."""
-    maml = learner.maml(module.learned_init(nn.mlp([40, 40], 1)), num_inner_steps=1)
+    maml = learner.maml(meta_models.learned_init(nn.mlp([40, 40], 1)), num_inner_steps=1)
     before, after = sinusoid_mse_before_and_after(maml, steps=2000)
     assert after < 0.4 * before, (before, after)

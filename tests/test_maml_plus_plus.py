@@ -9,7 +9,7 @@ import pytest
 from gradcheck import central_differences, meta_gradient
 from jax.flatten_util import ravel_pytree
 
-from metax import data, learner, module, nn
+from metax import data, learner, meta_models, nn
 
 RATE = 0.1
 
@@ -76,7 +76,7 @@ def check_against_finite_differences(maml, model, batch, num_steps, weights=None
 def test_meta_sgd_per_parameter_rates_match_finite_differences(x64):
     model, batch = problem()
     meta_sgd = learner.maml(
-        module.learned_rates(module.learned_init(model), init_rate=RATE),
+        meta_models.learned_rates(meta_models.learned_init(model), init_rate=RATE),
         learner.learned_sgd(),
         optax.scale(1.0),
         num_inner_steps=2,
@@ -88,7 +88,9 @@ def test_lslr_per_layer_per_step_rates_match_finite_differences(x64):
     # Two learned steps, three inner steps: the third reuses the second step's rates.
     model, batch = problem()
     lslr = learner.maml(
-        module.learned_rates(module.learned_init(model), per="layer", num_steps=2, init_rate=RATE),
+        meta_models.learned_rates(
+            meta_models.learned_init(model), per="layer", num_steps=2, init_rate=RATE
+        ),
         learner.learned_sgd(),
         optax.scale(1.0),
         num_inner_steps=3,
@@ -103,10 +105,10 @@ def test_lslr_per_layer_per_step_rates_match_finite_differences(x64):
 
 def test_learned_sgd_at_its_initial_rate_is_plain_sgd(x64):
     model, batch = problem()
-    meta_model = module.learned_init(model)
+    meta_model = meta_models.learned_init(model)
     plain = learner.maml(meta_model, optax.sgd(RATE), optax.scale(1.0), num_inner_steps=2)
     learned = learner.maml(
-        module.learned_rates(meta_model, init_rate=RATE),
+        meta_models.learned_rates(meta_model, init_rate=RATE),
         learner.learned_sgd(),
         optax.scale(1.0),
         num_inner_steps=2,
@@ -123,7 +125,7 @@ def test_learned_sgd_at_its_initial_rate_is_plain_sgd(x64):
 
 def test_multi_step_loss_with_all_weight_on_the_last_step_is_maml(x64):
     model, batch = problem(num_tasks=3)
-    meta_model = module.learned_init(model)
+    meta_model = meta_models.learned_init(model)
     plain = learner.maml(meta_model, optax.sgd(RATE), optax.scale(1.0), num_inner_steps=3)
     last = learner.maml(
         meta_model,
@@ -142,7 +144,7 @@ def test_multi_step_loss_matches_its_objective(x64, first_order):
     model, batch = problem()
     weights = (0.2, 0.3, 0.5)
     msl = learner.maml(
-        module.learned_init(model),
+        meta_models.learned_init(model),
         optax.sgd(RATE),
         optax.scale(1.0),
         num_inner_steps=3,
@@ -176,17 +178,17 @@ def test_multi_step_loss_matches_its_objective(x64, first_order):
 
 def test_learned_rates_need_learned_sgd_and_a_learner_that_can_learn_them():
     model, _ = problem()
-    meta_sgd = module.learned_rates(module.learned_init(model))
+    meta_sgd = meta_models.learned_rates(meta_models.learned_init(model))
     with pytest.raises(ValueError, match=r"inner optimizer does not read them.*learned_sgd"):
         learner.maml(meta_sgd, optax.sgd(0.1))
     with pytest.raises(ValueError, match=r"reptile cannot meta-learn the meta-parameters \['lr'\]"):
         learner.reptile(meta_sgd, learner.learned_sgd())
-    regularized = module.learned_rates(module.learned_init(model, reg_strength=1.0))
+    regularized = meta_models.learned_rates(meta_models.learned_init(model, reg_strength=1.0))
     with pytest.raises(
         ValueError, match=r"implicit cannot meta-learn the meta-parameters \['lr'\]"
     ):
         learner.implicit(regularized, inner_optimizer=learner.learned_sgd())
     with pytest.raises(ValueError, match="one weight per inner step"):
-        learner.maml(module.learned_init(model), num_inner_steps=2, multi_step_weights=(1.0,))
+        learner.maml(meta_models.learned_init(model), num_inner_steps=2, multi_step_weights=(1.0,))
     with pytest.raises(ValueError, match="per must be one of"):
-        module.learned_rates(module.learned_init(model), per="step")
+        meta_models.learned_rates(meta_models.learned_init(model), per="step")

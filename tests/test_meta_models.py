@@ -8,7 +8,7 @@ import pytest
 from gradcheck import finite_difference_meta_gradient, meta_gradient, sinusoid_mse_before_and_after
 from jax.flatten_util import ravel_pytree
 
-from metax import data, energy, learner, module, nn
+from metax import data, energy, learner, meta_models, nn
 from metax.data import Dataset, MetaBatch
 
 
@@ -18,22 +18,29 @@ def tanh_mlp(out, activate_final=False):
 
 # name -> (meta-model, inner learning rate, task-param keys, meta-param keys)
 META_MODELS = {
-    "learned_init": (lambda: module.learned_init(tanh_mlp(1)), 0.1, None, {"init"}),
+    "learned_init": (lambda: meta_models.learned_init(tanh_mlp(1)), 0.1, None, {"init"}),
     "anil": (
-        lambda: module.anil(tanh_mlp(4, activate_final=True), nn.linear(1)),
+        lambda: meta_models.anil(tanh_mlp(4, activate_final=True), nn.linear(1)),
         0.1,
         {"head"},
         {"body", "head_init"},
     ),
-    "cavia": (lambda: module.cavia(tanh_mlp(1), embedding_dim=2), 0.5, {"context"}, {"network"}),
+    "cavia": (
+        lambda: meta_models.cavia(tanh_mlp(1), embedding_dim=2),
+        0.5,
+        {"context"},
+        {"network"},
+    ),
     "complex_synapse": (
-        lambda: module.complex_synapse(tanh_mlp(1), log_strength_init=-1.0),
+        lambda: meta_models.complex_synapse(tanh_mlp(1), log_strength_init=-1.0),
         0.1,
         None,
         {"omega", "log_lambda"},
     ),
     "gain_mod": (
-        lambda: module.gain_mod(tanh_mlp(4, activate_final=True), nn.linear(1), reg_strength=0.1),
+        lambda: meta_models.gain_mod(
+            tanh_mlp(4, activate_final=True), nn.linear(1), reg_strength=0.1
+        ),
         0.1,
         {"gain", "shift", "head"},
         {"body", "gain_init", "shift_init", "head_init"},
@@ -117,7 +124,9 @@ def test_cavia_context_weights_get_no_gradient_without_adaptation():
 
 
 def test_gain_mod_without_head_adaptation_meta_learns_the_head():
-    meta_model = module.gain_mod(tanh_mlp(4, activate_final=True), nn.linear(1), adapt_head=False)
+    meta_model = meta_models.gain_mod(
+        tanh_mlp(4, activate_final=True), nn.linear(1), adapt_head=False
+    )
     maml = learner.maml(meta_model, optax.sgd(0.1), optax.scale(1.0), num_inner_steps=2)
     batch = sinusoid_batch()
     state = maml.init(jax.random.key(0), batch)
@@ -140,7 +149,7 @@ def test_second_order_meta_gradient_matches_finite_differences(x64, name):
 
 def test_conv_gain_mod_with_batch_norm_matches_finite_differences(x64):
     body = nn.conv4(num_channels=2, num_blocks=1)
-    meta_model = module.gain_mod(body, nn.linear(3), loss_fn=energy.cross_entropy)
+    meta_model = meta_models.gain_mod(body, nn.linear(3), loss_fn=energy.cross_entropy)
     maml = learner.maml(meta_model, optax.sgd(0.5), optax.scale(1.0), num_inner_steps=2)
     batch = image_batch(jnp.float64)
     state = maml.init(jax.random.key(0), batch)
@@ -166,7 +175,7 @@ def test_anil_adapted_head_matches_closed_form(x64):
     """A linear head on a fixed body is linear regression on features F: K GD steps give
     phi_{k+1} = phi_k - alpha (A phi_k - c), A = (2/n) Z^T Z, c = (2/n) Z^T y, Z = [F, 1]."""
     body = tanh_mlp(4, activate_final=True)
-    meta_model = module.anil(body, nn.linear(1))
+    meta_model = meta_models.anil(body, nn.linear(1))
     task = jax.tree.map(lambda a: a[0], sinusoid_batch(dtype=jnp.float64))
     meta_params, meta_state = meta_model.init(jax.random.key(0), task.support.x)
     params_0, _ = meta_model.reset(None, meta_params, meta_state)
@@ -194,7 +203,7 @@ def test_cavia_adapted_context_matches_closed_form(x64):
     """With a linear readout y = x w_x + context . w_c + b the inner problem is linear in the
     context: c_{k+1} = c_k - alpha (A c_k + g), A = 2 w_c w_c^T, g = (2/n) sum_i w_c r_i with
     r_i = x_i w_x + b - y_i."""
-    meta_model = module.cavia(nn.linear(1), embedding_dim=3)
+    meta_model = meta_models.cavia(nn.linear(1), embedding_dim=3)
     task = jax.tree.map(lambda a: a[0], sinusoid_batch(dtype=jnp.float64))
     meta_params, meta_state = meta_model.init(jax.random.key(0), task.support.x)
     params_0, _ = meta_model.reset(None, meta_params, meta_state)
@@ -223,11 +232,13 @@ def test_cavia_adapted_context_matches_closed_form(x64):
 # BatchNorm semantics, with conv4 + linear head under learned_init.
 def conv_learner(batch_norm):
     model = nn.sequential(body=nn.conv4(num_channels=4, num_blocks=2), head=nn.linear(3))
-    meta_model = module.learned_init(model, loss_fn=energy.cross_entropy, batch_norm=batch_norm)
+    meta_model = meta_models.learned_init(
+        model, loss_fn=energy.cross_entropy, batch_norm=batch_norm
+    )
     return meta_model, learner.maml(meta_model, optax.sgd(0.1), optax.adam(1e-2))
 
 
-@pytest.mark.parametrize("batch_norm", module.BATCH_NORM_MODES)
+@pytest.mark.parametrize("batch_norm", meta_models.BATCH_NORM_MODES)
 def test_batch_norm_state_never_flows_into_the_meta_state(batch_norm):
     _, maml = conv_learner(batch_norm)
     batch = image_batch(num_tasks=4)
@@ -239,7 +250,7 @@ def test_batch_norm_state_never_flows_into_the_meta_state(batch_norm):
     )
 
 
-@pytest.mark.parametrize("batch_norm", module.BATCH_NORM_MODES)
+@pytest.mark.parametrize("batch_norm", meta_models.BATCH_NORM_MODES)
 def test_batch_norm_does_not_leak_across_tasks(batch_norm):
     """Replacing task 0 of a batch leaves task 1's result bitwise unchanged."""
     _, maml = conv_learner(batch_norm)
@@ -280,7 +291,7 @@ def test_query_predictions_depend_on_other_query_samples_only_when_transductive(
         # What the outer energy computes: its predictions for the query set x.
         predictions = []
         loss_fn = lambda logits, labels: (predictions.append(logits) or 0.0, {})  # noqa: E731
-        energy_model = module.learned_init(
+        energy_model = meta_models.learned_init(
             nn.sequential(body=nn.conv4(num_channels=4, num_blocks=2), head=nn.linear(3)),
             loss_fn=loss_fn,
             batch_norm=batch_norm,
@@ -298,11 +309,11 @@ def test_query_predictions_depend_on_other_query_samples_only_when_transductive(
 
 def test_unknown_batch_norm_mode_is_rejected():
     with pytest.raises(ValueError, match="batch_norm must be one of"):
-        module.learned_init(nn.linear(1), batch_norm="running")
+        meta_models.learned_init(nn.linear(1), batch_norm="running")
 
 
 def test_cavia_rejects_image_inputs_with_a_clear_error():
-    meta_model = module.cavia(nn.linear(1))
+    meta_model = meta_models.cavia(nn.linear(1))
     with pytest.raises(ValueError, match="cavia appends its context to flat inputs"):
         meta_model.init(jax.random.key(0), jnp.zeros((4, 6, 6, 1)))
 
@@ -321,12 +332,14 @@ def test_meta_model_learns_sinusoid_with_maml(name, lr, threshold):
     ``threshold`` times its value at initialization."""
     relu = dict(activation=jax.nn.relu)
     meta_model = {
-        "anil": lambda: module.anil(nn.mlp([40], 40, activate_final=True, **relu), nn.linear(1)),
-        "cavia": lambda: module.cavia(nn.mlp([40, 40], 1, **relu), embedding_dim=5),
-        "complex_synapse": lambda: module.complex_synapse(
+        "anil": lambda: meta_models.anil(
+            nn.mlp([40], 40, activate_final=True, **relu), nn.linear(1)
+        ),
+        "cavia": lambda: meta_models.cavia(nn.mlp([40, 40], 1, **relu), embedding_dim=5),
+        "complex_synapse": lambda: meta_models.complex_synapse(
             nn.mlp([40, 40], 1, **relu), log_strength_init=-4.0
         ),
-        "gain_mod": lambda: module.gain_mod(
+        "gain_mod": lambda: meta_models.gain_mod(
             nn.mlp([40], 40, activate_final=True, **relu), nn.linear(1)
         ),
     }[name]()

@@ -75,7 +75,7 @@ def test_maml_learns_5_way_1_shot_on_the_minimal_splits(tmp_path):
     import jax.numpy as jnp
     import optax
 
-    from metax import data, energy, learner, module, nn
+    from metax import data, energy, learner, meta_models, nn
 
     kwargs = dict(
         splits="minimal", ways=5, shots=1, queries=5, manual_dir=ZIPS, data_dir=str(tmp_path)
@@ -84,7 +84,7 @@ def test_maml_learns_5_way_1_shot_on_the_minimal_splits(tmp_path):
     test_sampler = omniglot.omniglot("test", **kwargs)
     model = nn.sequential(body=nn.conv4(num_channels=16, pooling="strided"), head=nn.linear(5))
     maml = learner.maml(
-        module.learned_init(model, loss_fn=energy.cross_entropy),
+        meta_models.learned_init(model, loss_fn=energy.cross_entropy),
         optax.sgd(0.4),
         optax.adam(1e-3),
         num_inner_steps=1,

@@ -10,12 +10,12 @@ import numpy as np
 import optax
 import pytest
 
-from metax import data, learner, module, nn
+from metax import data, learner, meta_models, nn
 from metax.train import sharding
 
 
 def _setup(outer_optimizer):
-    meta_model = module.learned_init(nn.mlp([16, 16], 1))
+    meta_model = meta_models.learned_init(nn.mlp([16, 16], 1))
     maml = learner.maml(meta_model, optax.sgd(0.01), outer_optimizer, num_inner_steps=3)
     batch = data.sample_meta_batch(data.sinusoid(), jax.random.key(0), 16)
     return maml, batch

@@ -19,7 +19,7 @@ from metax.learner.inner import (
     mean_over_tasks,
     resolve_task_chunk,
 )
-from metax.module.base import MetaModel
+from metax.meta_models.base import MetaModel
 from metax.types import (
     AdaptFn,
     Array,

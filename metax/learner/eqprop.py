@@ -12,7 +12,7 @@ from metax.learner.base import (
     prefix,
 )
 from metax.learner.inner import InnerLoop, TaskChunk, adapt, adapt_task
-from metax.module.base import MetaModel
+from metax.meta_models.base import MetaModel
 
 
 @gin.register(module="metax.learner")

@@ -10,7 +10,7 @@ from metax.checks import check_meta_batch
 from metax.data.base import MetaBatch, num_tasks
 from metax.learner.base import Learner, MetaState, init_meta_state, inner_loop_learner, task_keys
 from metax.learner.inner import InnerLoop, TaskChunk, adapt_and_score, map_tasks, resolve_task_chunk
-from metax.module.base import MetaModel
+from metax.meta_models.base import MetaModel
 
 
 @gin.register(module="metax.learner")

@@ -26,7 +26,7 @@ from metax.learner.base import (
     prefix,
 )
 from metax.learner.inner import InnerLoop, TaskChunk, adapt_task
-from metax.module.base import MetaModel
+from metax.meta_models.base import MetaModel
 from metax.types import Params
 
 Hvp = Callable[[Params], Params]

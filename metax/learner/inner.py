@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from metax.data.base import Dataset, MetaBatch, num_tasks
-from metax.module.base import MetaModel
+from metax.meta_models.base import MetaModel
 from metax.types import AdaptFn, Array, EnergyFn, EvaluateFn, Metrics, Params, PRNGKey, State
 
 MAX_UNROLLED_STEPS = 16

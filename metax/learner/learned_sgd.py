@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metax.module.learned_rates import RATES_KEY
+from metax.meta_models.learned_rates import RATES_KEY
 from metax.types import Array, Params
 
 
@@ -30,7 +30,7 @@ class _ReadsMetaParams:
         if meta_params is None or self.key not in meta_params:
             raise ValueError(
                 f"learned_sgd reads its learning rates from meta_params[{self.key!r}], which "
-                f"this meta-model does not have: wrap it with metax.module.learned_rates(...)."
+                f"this meta-model does not have: wrap it with metax.meta_models.learned_rates(...)."
             )
         rates = meta_params[self.key]
         if jax.tree.structure(rates) != jax.tree.structure(updates):
@@ -49,7 +49,7 @@ class _ReadsMetaParams:
 @gin.register(module="metax.learner")
 def learned_sgd(key: str = RATES_KEY) -> optax.GradientTransformationExtraArgs:
     """SGD with meta-learned rates: ``phi <- phi - r_k * grad``, ``r_k`` the rates of inner step
-    ``k`` in ``meta_params[key]`` (`metax.module.learned_rates`: leaves ``(K, *shape)`` or
+    ``k`` in ``meta_params[key]`` (`metax.meta_models.learned_rates`: leaves ``(K, *shape)`` or
     ``(K,)``; steps past K use the last). Use it as a learner's ``inner_optimizer``; it gets
     ``meta_params`` from the inner loop (optax's extra arguments)."""
 

@@ -15,7 +15,7 @@ from metax.learner.inner import (
     adapt_task,
     stop_gradient_through_adaptation,
 )
-from metax.module.base import MetaModel
+from metax.meta_models.base import MetaModel
 
 
 @gin.register(module="metax.learner")
@@ -40,7 +40,7 @@ def maml(
     (``first_order=False``), or with the adaptation's Jacobian replaced by the identity
     (``first_order=True``: d params_K / d params_0 = I, FOMAML). It is applied with
     ``outer_optimizer``. The inner optimizer may read meta-learned learning rates
-    (`metax.learner.learned_sgd` with `metax.module.learned_rates`: Meta-SGD, MAML++'s LSLR).
+    (`metax.learner.learned_sgd` with `metax.meta_models.learned_rates`: Meta-SGD, MAML++'s LSLR).
 
     ``multi_step_weights=(w_1, ..., w_K)`` (one per inner step): MAML++'s multi-step loss, the
     outer objective ``sum_k w_k E_out(params_k)`` over the parameters after every inner step

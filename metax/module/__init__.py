@@ -1,21 +1,16 @@
-"""Meta-models: what is meta-learned and what adapts per task."""
+"""Deprecated: ``metax.module`` was renamed `metax.meta_models` (matching ``configs/meta_models/``).
 
-from metax.module.anil import anil
-from metax.module.base import BATCH_NORM_MODES, MetaModel, make_energies
-from metax.module.cavia import cavia
-from metax.module.complex_synapse import complex_synapse
-from metax.module.gain_mod import gain_mod
-from metax.module.learned_init import learned_init
-from metax.module.learned_rates import learned_rates
+Kept for one release so that ``from metax import module`` keeps working; gin names are only
+``metax.meta_models.*`` (the launcher says so when an old name is used).
+"""
 
-__all__ = [
-    "BATCH_NORM_MODES",
-    "MetaModel",
-    "anil",
-    "cavia",
-    "complex_synapse",
-    "gain_mod",
-    "learned_init",
-    "learned_rates",
-    "make_energies",
-]
+import warnings
+
+from metax.meta_models import *  # noqa: F403
+from metax.meta_models import __all__  # noqa: F401
+
+warnings.warn(
+    "metax.module was renamed metax.meta_models; import that instead.",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -15,7 +15,7 @@ import metax.data  # noqa: F401  (registers samplers)
 import metax.data.omniglot  # noqa: F401
 import metax.energy  # noqa: F401
 import metax.learner  # noqa: F401
-import metax.module  # noqa: F401
+import metax.meta_models  # noqa: F401
 import metax.nn  # noqa: F401
 
 OPTAX_NAMES = (

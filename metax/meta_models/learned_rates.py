@@ -4,13 +4,13 @@ import gin
 import jax
 import jax.numpy as jnp
 
-from metax.module.base import MetaModel
+from metax.meta_models.base import MetaModel
 
 RATES_KEY = "lr"
 RATE_LAYOUTS = ("parameter", "layer")
 
 
-@gin.register(module="metax.module")
+@gin.register(module="metax.meta_models")
 def learned_rates(
     meta_model: MetaModel,
     per: str = "parameter",

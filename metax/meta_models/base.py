@@ -26,7 +26,7 @@ class MetaModel(NamedTuple):
     not checked): ``reset_keys``, the top-level keys of ``meta_params`` that set the task's
     initial parameters, and ``energy_keys``, those the inner energy depends on directly;
     ``optimizer_keys``, those only the inner optimizer reads (learned inner learning rates,
-    see `metax.module.learned_rates`).
+    see `metax.meta_models.learned_rates`).
     """
 
     init: Callable[[PRNGKey, Array], tuple[Params, State]]

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 
 from metax import energy, nn
 from metax.energy import Energy
-from metax.module.base import MetaModel, make_energies
+from metax.meta_models.base import MetaModel, make_energies
 
 
-@gin.register(module="metax.module")
+@gin.register(module="metax.meta_models")
 def cavia(
     model: nn.Model,
     embedding_dim: int = 5,

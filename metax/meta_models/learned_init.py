@@ -4,10 +4,10 @@ import gin
 
 from metax import energy, nn
 from metax.energy import Energy
-from metax.module.base import MetaModel, make_energies
+from metax.meta_models.base import MetaModel, make_energies
 
 
-@gin.register(module="metax.module")
+@gin.register(module="metax.meta_models")
 def learned_init(
     model: nn.Model,
     loss_fn: Energy = energy.squared_error,
