@@ -15,3 +15,12 @@ def test_python_example_runs():
     exec(code.replace("range(1000)", "range(5)"), namespace)
     assert namespace["per_task"]["loss"].shape == (32,)
     assert int(namespace["state"].step) == 5
+
+
+def test_docs_compatibility_table_is_the_generated_one():
+    from metax.learner.compatibility import markdown_table
+
+    api = os.path.join(os.path.dirname(README), "docs", "api.md")
+    with open(api) as f:
+        text = f.read()
+    assert markdown_table() in text, "regenerate it: python -m metax.learner.compatibility"

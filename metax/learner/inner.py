@@ -186,7 +186,7 @@ def resolve_task_chunk(task_chunk: TaskChunk, num_tasks: int, meta_params: Param
 
     ``"auto"`` is the measured best per backend and model family: on CPU, models with
     convolution kernels (4-D meta-parameters) run ``gcd(num_tasks, device_count)`` tasks at a
-    time, one per device (W2 benchmark: 7.8 tasks/s against 5.0 with vmap); everything else,
+    time, one per device (faster than vmap there: README, Performance); everything else,
     and every model on GPU/TPU, vmaps all tasks. Other values are returned as they are.
     """
     if task_chunk != "auto":
@@ -237,8 +237,7 @@ def mean_over_tasks(fn: Callable, *args, task_chunk: int | None = None):
 
     With ``task_chunk=k`` the gradients are summed chunk by chunk in a `jax.lax.scan` carry:
     memory holds the gradients of one chunk's tasks, and no residuals of other tasks are kept
-    for a backward pass over the whole batch (as differentiating a mapped loss would: W2
-    benchmark, 4.6 -> 7.7 tasks/s).
+    for a backward pass over the whole batch (as differentiating a mapped loss would).
     """
     if task_chunk is None:
         grads, metrics = jax.vmap(fn)(*args)

@@ -184,7 +184,12 @@ def train(
         """Fetches the pending steps' metrics; raises at a non-finite step (see above)."""
         nonlocal history, checked_step
         fetched = fetch(history)
-        where = f"the last checkpoint, of step {checkpoints.latest_step()}, is intact"
+        latest = checkpoints.latest_step()
+        where = (
+            "no checkpoint had been written yet"
+            if latest is None
+            else f"the last checkpoint, of step {latest}, is intact"
+        )
         metrics = _interval_metrics(fetched, checked_step, skip_nonfinite, where)
         checked_step += len(fetched)
         history = []
