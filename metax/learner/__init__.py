@@ -10,7 +10,7 @@ from metax.learner.implicit import (
     recurrent_backprop,
     t1t2,
 )
-from metax.learner.inner import Adaptation, InnerLoop, TaskAdaptation, adapt, adapt_task
+from metax.learner.inner import Adaptation, InnerLoop, adapt, adapt_task
 from metax.learner.learned_sgd import learned_sgd
 from metax.learner.maml import maml
 from metax.learner.prototypical import prototypical
@@ -22,7 +22,6 @@ __all__ = [
     "InverseHvp",
     "Learner",
     "MetaState",
-    "TaskAdaptation",
     "adapt",
     "adapt_task",
     "buffered_reptile",

@@ -86,7 +86,8 @@ class Adaptation(NamedTuple):
     meta_grads: with ``accumulate_meta_grads``, the partial gradients of the energy w.r.t.
     ``meta_params`` summed over the steps (buffered Reptile), else None. per_step: with
     ``per_step_fn``, its outputs after every step, stacked on a leading axis of size
-    ``num_steps``, else None.
+    ``num_steps``, else None. initial: the task's reset parameters (from `adapt_task`; None
+    from `adapt`).
     """
 
     params: Params
@@ -94,6 +95,7 @@ class Adaptation(NamedTuple):
     metrics: Metrics
     meta_grads: Params | None = None
     per_step: Any = None
+    initial: Params | None = None
 
 
 def adapt(
@@ -264,19 +266,6 @@ def scalar_mean(metrics: Metrics) -> dict[str, Array]:
     return {key: jnp.mean(value) for key, value in metrics.items()}
 
 
-class TaskAdaptation(NamedTuple):
-    """What `adapt_task` returns: ``initial`` (the task's reset parameters) and the fields of
-    `Adaptation`, with ``metrics`` also holding ``loss_after`` (inner energy at the adapted
-    parameters, not differentiated)."""
-
-    initial: Params
-    params: Params
-    state: State
-    metrics: Metrics
-    meta_grads: Params | None = None
-    per_step: Any = None
-
-
 def adapt_task(
     meta_model: MetaModel,
     inner: InnerLoop,
@@ -287,12 +276,14 @@ def adapt_task(
     *,
     accumulate_meta_grads: bool = False,
     per_step_fn: Callable[[Params, State], Any] | None = None,
-) -> TaskAdaptation:
+) -> Adaptation:
     """Resets a task from the meta-parameters and adapts it on ``data`` (its inner energy).
 
     With ``inner.first_order`` the adaptation is not differentiated: ``params`` carries the
     derivative of ``initial`` (d params / d initial = I), as first-order MAML needs.
-    ``accumulate_meta_grads``, ``per_step_fn``: see `adapt`. Returns a `TaskAdaptation`.
+    ``accumulate_meta_grads``, ``per_step_fn``: see `adapt`. Returns an `Adaptation` with
+    ``initial`` set and ``loss_after`` (inner energy at the adapted parameters, not
+    differentiated) added to its metrics.
     """
     k_reset, k_inner, k_after = jax.random.split(rng, 3)
     params_0, state = meta_model.reset(k_reset, meta_params, model_state)
@@ -322,9 +313,7 @@ def adapt_task(
         k_after,
         data,
     )
-    return TaskAdaptation(
-        params_0, params, adapted.state, metrics, adapted.meta_grads, adapted.per_step
-    )
+    return adapted._replace(params=params, metrics=metrics, initial=params_0)
 
 
 def adapt_and_score(
