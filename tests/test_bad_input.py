@@ -178,3 +178,41 @@ def test_energies_refuse_shapes_that_would_broadcast():
         energy.squared_error(jnp.zeros((4, 1)), jnp.zeros((4,)))
     with pytest.raises(ValueError, match="needs integer labels of shape"):
         energy.cross_entropy(jnp.zeros((4, 3)), jnp.zeros((4,), jnp.float32))
+
+
+def test_python_api_mistakes_get_errors_that_name_the_fix():
+    import optax
+
+    from metax import learner
+
+    mlp = nn.mlp([4], 1)
+    with pytest.raises(TypeError, match=r"wrap it in a meta-model.*learned_init"):
+        learner.maml(mlp)
+    with pytest.raises(TypeError, match="prototypical needs the embedding model"):
+        learner.prototypical(meta_models.learned_init(mlp))
+    with pytest.raises(TypeError, match="outer_optimizer must be an optax"):
+        learner.implicit(meta_models.learned_init(mlp, reg_strength=1.0), outer_optimizer=1e-3)
+    with pytest.raises(TypeError, match="inner optimizer must be an optax"):
+        learner.reptile(meta_models.learned_init(mlp), inner_optimizer=0.01)
+
+    maml = learner.maml(meta_models.learned_init(mlp), optax.sgd(0.01), optax.adam(1e-3))
+    task = data.sinusoid().sample_task(jax.random.key(0))  # One task: no task axis.
+    with pytest.raises(ValueError, match="no task axis"):
+        maml.init(jax.random.key(0), task)
+    state = maml.init(jax.random.key(0), jax.tree.map(lambda a: a[None], task))
+    with pytest.raises(ValueError, match="no task axis"):
+        maml.evaluate(state, task, jax.random.key(0), 1)
+
+    images = np.random.default_rng(0).integers(0, 256, (12, 6, 8, 8, 1), dtype=np.uint8)
+    episodes = data.sample_meta_batch(data.fewshot(images, 5, 1, 2), jax.random.key(0), 2)
+    three_way_head = nn.sequential(body=nn.conv4(4, 1), head=nn.linear(3))
+    wrong_ways = learner.maml(meta_models.learned_init(three_way_head, energy.cross_entropy))
+    with pytest.raises(ValueError, match="5-way classification"):
+        wrong_ways.init(jax.random.key(0), episodes)
+    per_pixel = learner.maml(meta_models.learned_init(nn.mlp([4], 5), energy.cross_entropy))
+    with pytest.raises(ValueError, match=r"outputs shape \(5, 8, 8, 5\)"):
+        per_pixel.init(jax.random.key(0), episodes)
+    flattened = nn.sequential(flat=nn.flatten(), mlp=nn.mlp([4], 5))
+    learner.maml(meta_models.learned_init(flattened, energy.cross_entropy)).init(
+        jax.random.key(0), episodes
+    )

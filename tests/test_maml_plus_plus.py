@@ -192,3 +192,13 @@ def test_learned_rates_need_learned_sgd_and_a_learner_that_can_learn_them():
         learner.maml(meta_models.learned_init(model), num_inner_steps=2, multi_step_weights=(1.0,))
     with pytest.raises(ValueError, match="per must be one of"):
         meta_models.learned_rates(meta_models.learned_init(model), per="step")
+
+
+def test_per_key_optimizer_updates_each_group_with_its_own_optimizer():
+    meta_params = {"init": jnp.ones(3), "lr": jnp.ones(2), "other": jnp.ones(1)}
+    grads = jax.tree.map(lambda p: 2.0 * jnp.ones_like(p), meta_params)
+    optimizer = learner.per_key_optimizer(optax.sgd(0.1), {"lr": optax.sgd(0.01)})
+    updates, _ = optimizer.update(grads, optimizer.init(meta_params), meta_params)
+    np.testing.assert_allclose(updates["init"], -0.2)
+    np.testing.assert_allclose(updates["other"], -0.2)
+    np.testing.assert_allclose(updates["lr"], -0.02)

@@ -11,8 +11,8 @@ from metax.learner.implicit import (
     t1t2,
 )
 from metax.learner.inner import Adaptation, InnerLoop, adapt, adapt_task
-from metax.learner.learned_sgd import learned_sgd
 from metax.learner.maml import maml
+from metax.learner.optimizers import learned_sgd, per_key_optimizer
 from metax.learner.prototypical import prototypical
 from metax.learner.reptile import buffered_reptile, reptile
 
@@ -31,6 +31,7 @@ __all__ = [
     "implicit",
     "learned_sgd",
     "maml",
+    "per_key_optimizer",
     "prototypical",
     "recurrent_backprop",
     "reptile",

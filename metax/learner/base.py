@@ -129,6 +129,7 @@ def init_meta_state(
 def check_meta_params_enter(meta_model, where: str, learner_name: str, explanation: str) -> None:
     """Raises a ValueError unless every meta-parameter enters ``where`` ("energy": the inner
     energy, "reset": the task's initial parameters), per the meta-model's static facts."""
+    check_learner_inputs(meta_model, None, learner_name)
     reset_keys, energy_keys = meta_model.reset_keys, meta_model.energy_keys
     if reset_keys is None or energy_keys is None:
         return  # A user-defined meta-model without the facts: nothing to check.
@@ -140,6 +141,29 @@ def check_meta_params_enter(meta_model, where: str, learner_name: str, explanati
             f"{learner_name} cannot meta-learn the meta-parameters {missing} of this meta-model: "
             f"{explanation} Use maml (or evolution) for this meta-model, or a meta-model whose "
             f"meta-parameters all enter the {target}."
+        )
+
+
+def check_learner_inputs(meta_model, optimizer, learner_name: str) -> None:
+    """Raises a TypeError naming the fix unless ``meta_model`` is a `MetaModel` and
+    ``optimizer`` (the outer one; None for learners without) an optax transformation."""
+    from metax.nn import Model
+
+    if not isinstance(meta_model, MetaModel):
+        hint = (
+            " It is a metax.nn.Model: wrap it in a meta-model, e.g. "
+            "metax.meta_models.learned_init(model) for MAML."
+            if isinstance(meta_model, Model)
+            else ""
+        )
+        raise TypeError(
+            f"{learner_name} needs a MetaModel as meta_model, got {type(meta_model).__name__}."
+            + hint
+        )
+    if optimizer is not None and not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(
+            f"{learner_name} outer_optimizer must be an optax GradientTransformation (e.g. "
+            f"optax.adam(1e-3)), got {optimizer!r}."
         )
 
 
@@ -228,6 +252,7 @@ def inner_loop_learner(
     """A `Learner` with the shared ``evaluate`` and ``adapt`` of learners that adapt each task
     with ``inner`` (adapt on the support set, score the query set), after checking
     ``task_chunk`` and that ``inner``'s optimizer reads what the meta-model needs it to."""
+    check_learner_inputs(meta_model, None, learner_name)
     check_task_chunk(task_chunk, learner_name)
     check_inner_optimizer(meta_model, inner, learner_name)
     return Learner(
@@ -253,6 +278,8 @@ def gradient_learner(
     `averaged_meta_step`) applied by ``outer_optimizer``, with the usual initialization
     (`init_meta_state`) and the shared ``evaluate`` and ``adapt`` (`inner_loop_learner`).
     What every learner with an inner loop and a meta-gradient is built from."""
+
+    check_learner_inputs(meta_model, outer_optimizer, learner_name)
 
     def init(rng: PRNGKey, meta_batch: MetaBatch) -> MetaState:
         return init_meta_state(meta_model, outer_optimizer.init, rng, meta_batch)

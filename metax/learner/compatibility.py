@@ -9,8 +9,8 @@ from metax import meta_models, nn
 from metax.learner.eqprop import eqprop
 from metax.learner.evolution import evolution
 from metax.learner.implicit import implicit
-from metax.learner.learned_sgd import learned_sgd
 from metax.learner.maml import maml
+from metax.learner.optimizers import learned_sgd
 from metax.learner.reptile import buffered_reptile, reptile
 
 LEARNERS: dict[str, Callable] = {

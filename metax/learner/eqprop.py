@@ -41,8 +41,7 @@ def eqprop(
     is CML's ``(d_theta E_in(phi_beta) - d_theta E_in(phi_0)) / beta``. Both phases use
     ``inner_optimizer``; they are not differentiated. As for implicit differentiation, every
     meta-parameter must enter the inner energy.
-    ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
-    "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
+    ``task_chunk``: how tasks are mapped, as for every learner (`metax.learner.inner.TaskChunk`).
     """
     if beta <= 0:
         raise ValueError(f"eqprop beta must be > 0, got {beta}.")

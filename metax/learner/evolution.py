@@ -8,7 +8,14 @@ import optax
 
 from metax.checks import check_meta_batch
 from metax.data.base import MetaBatch, num_tasks
-from metax.learner.base import Learner, MetaState, init_meta_state, inner_loop_learner, task_keys
+from metax.learner.base import (
+    Learner,
+    MetaState,
+    check_learner_inputs,
+    init_meta_state,
+    inner_loop_learner,
+    task_keys,
+)
 from metax.learner.inner import InnerLoop, TaskChunk, adapt_and_score, map_tasks, resolve_task_chunk
 from metax.meta_models.base import MetaModel
 
@@ -29,9 +36,9 @@ def evolution(
     ``"CMA_ES"``, ``"SNES"``, ...) searching the meta-parameters; works with every meta-model.
 
     The fitness of a population member is the outer energy after adaptation, averaged over the
-    meta-batch (minimized). Members are vmapped, tasks mapped as ``task_chunk`` says (None:
-    vmap; k: k at a time; "auto": `metax.learner.inner.resolve_task_chunk`); the task axis is
-    the sharded one. ``strategy_kwargs`` go to the strategy's constructor (e.g. ``optimizer``,
+    meta-batch (minimized). Members are vmapped, tasks mapped as ``task_chunk`` says
+    (`metax.learner.inner.TaskChunk`); the task axis is the sharded one. ``strategy_kwargs``
+    go to the strategy's constructor (e.g. ``optimizer``,
     ``std_schedule`` for Open_ES); ``strategy_params`` replace fields of its
     ``default_params`` (e.g. ``{"std_init": 0.1}`` for CMA_ES). The `MetaState` holds the
     strategy's mean as ``meta_params`` and its state as ``opt_state``.
@@ -43,6 +50,7 @@ def evolution(
     # jax.distributed.initialize in multi-process runs.
     from evosax import algorithms
 
+    check_learner_inputs(meta_model, None, "evolution")
     if not hasattr(algorithms, strategy):
         names = sorted(n for n in dir(algorithms) if n[0].isupper())
         raise ValueError(f"evolution strategy {strategy!r} is not in evosax.algorithms: {names}.")

@@ -118,8 +118,7 @@ def implicit(
     formula is exact only at an inner optimum: run enough inner steps. Every meta-parameter
     must enter the inner energy: the inner optimum does not depend on the starting point, so
     a learned initialization without a regularizer gets a zero meta-gradient (an error here).
-    ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
-    "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
+    ``task_chunk``: how tasks are mapped, as for every learner (`metax.learner.inner.TaskChunk`).
     """
     if inverse_hvp is None:
         inverse_hvp = conjugate_gradient()

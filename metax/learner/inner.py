@@ -9,12 +9,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from metax.checks import check_meta_batch
 from metax.data.base import Dataset, MetaBatch, num_tasks
 from metax.meta_models.base import MetaModel
 from metax.types import AdaptFn, Array, EnergyFn, EvaluateFn, Metrics, Params, PRNGKey, State
 
 MAX_UNROLLED_STEPS = 16
-TaskChunk = int | str | None  # None: vmap all tasks; k: k tasks at a time; "auto": see below.
+TaskChunk = int | str | None
+"""How a learner maps the tasks of a meta-batch (every learner's ``task_chunk``, checked by
+`check_task_chunk` when the learner is built): ``None`` vmaps all tasks at once (best on
+TPU/GPU); ``k`` (a divisor of the batch) runs k tasks at a time (`map_tasks`); ``"auto"`` (the
+default) picks per backend and model (`resolve_task_chunk`). Same results up to float
+summation order; only speed and memory differ."""
 
 
 def minibatch(rng: PRNGKey, data: Dataset, batch_size: int) -> Dataset:
@@ -364,6 +370,7 @@ def make_evaluate(
     memory differ)."""
 
     def evaluate(state, meta_batch: MetaBatch, rng: PRNGKey, num_inner_steps: int) -> Metrics:
+        check_meta_batch(meta_batch)
         loop = inner.with_steps(num_inner_steps)
 
         def one_task(task, key):

@@ -48,9 +48,8 @@ def maml(
 
     Cost controls (same meta-gradient, up to float rounding): ``remat=True`` recomputes each
     inner step's activations in the backward pass instead of storing them; ``task_chunk`` is
-    how the meta-batch's tasks are mapped: ``None`` vmaps all, ``k`` processes k at a time
-    (`metax.learner.inner.map_tasks`), ``"auto"`` picks per backend and model
-    (`metax.learner.inner.resolve_task_chunk`). Another gradient: ``backprop_steps=T``
+    how tasks are mapped, as for every learner (`metax.learner.inner.TaskChunk`). Another
+    gradient: ``backprop_steps=T``
     differentiates through the last T inner steps only (truncated backpropagation; T =
     num_inner_steps is exact, T = 0 is first order). See `metax.learner.InnerLoop`.
 

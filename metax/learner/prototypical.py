@@ -43,11 +43,16 @@ def prototypical(
     ``meta_params = {"embedding": params}``; BatchNorm (if any) normalizes the support and the
     query sets with their own batch statistics, and running statistics are not kept.
     Evaluation has no inner steps: it runs once, reported as ``eval/prototypes/<metric>``.
-    ``task_chunk``: as for the other learners (`metax.learner.inner.map_tasks`).
+    ``task_chunk``: as for every learner (`metax.learner.inner.TaskChunk`).
 
     Metrics of ``meta_step``: ``outer/loss``, ``outer/accuracy`` (query set), ``meta_grad_norm``.
     """
     check_task_chunk(task_chunk, "prototypical")
+    if not isinstance(model, nn.Model):
+        raise TypeError(
+            f"prototypical needs the embedding model (a metax.nn.Model, e.g. metax.nn.conv4()), "
+            f"got {type(model).__name__}: it meta-learns the model's parameters itself."
+        )
 
     def embed(meta_params: Params, state: State, rng: PRNGKey, x: Array) -> Array:
         features, _ = model.apply(meta_params["embedding"], state, rng, x, is_training=True)

@@ -64,8 +64,7 @@ def reptile(
     tasks and fed to ``outer_optimizer`` (``optax.sgd(eps)`` is the paper's
     ``theta += eps (phi - theta)``). Every meta-parameter must be a task initialization (the
     meta-model's ``reset_keys``): Reptile's update carries no information about others.
-    ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
-    "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
+    ``task_chunk``: how tasks are mapped, as for every learner (`metax.learner.inner.TaskChunk`).
     """
     check_meta_params_enter(
         meta_model,
@@ -109,8 +108,7 @@ def buffered_reptile(
     held fixed) is averaged over tasks and fed to ``outer_optimizer``: meta-parameters and task
     parameters descend the same energy along the trajectory, with no backward pass through
     it. Every meta-parameter must enter the inner energy (the meta-model's ``energy_keys``).
-    ``task_chunk``: how the meta-batch's tasks are mapped (None: vmap; k: k at a time;
-    "auto": per backend and model, see `metax.learner.inner.resolve_task_chunk`).
+    ``task_chunk``: how tasks are mapped, as for every learner (`metax.learner.inner.TaskChunk`).
     """
     check_meta_params_enter(
         meta_model,

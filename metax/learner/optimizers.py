@@ -1,5 +1,7 @@
-"""The inner optimizer whose learning rates are meta-parameters (Meta-SGD, MAML++'s LSLR)."""
+"""Optimizers metax adds to optax: the inner optimizer whose learning rates are meta-parameters
+(Meta-SGD, MAML++'s LSLR), and an outer optimizer per group of meta-parameters."""
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import gin
@@ -58,3 +60,24 @@ def learned_sgd(key: str = RATES_KEY) -> optax.GradientTransformationExtraArgs:
         return LearnedSgdState(jnp.zeros((), jnp.int32))
 
     return optax.GradientTransformationExtraArgs(init, _ReadsMetaParams(key))
+
+
+DEFAULT_GROUP = "default"
+
+
+@gin.register(module="metax.learner")
+def per_key_optimizer(
+    default: optax.GradientTransformation,
+    by_key: Mapping[str, optax.GradientTransformation],
+) -> optax.GradientTransformation:
+    """``by_key[k]`` updates the meta-parameters ``meta_params[k]`` (top-level keys), ``default``
+    all others (`optax.multi_transform`). E.g. learned inner rates with a smaller outer step
+    than the initialization: ``per_key_optimizer(optax.adam(1e-3), {"lr": optax.adam(1e-4)})``
+    (MAML++'s LSLR diverged on sinusoid with one Adam 1e-3 for both: README)."""
+    if DEFAULT_GROUP in by_key:
+        raise ValueError(f"per_key_optimizer by_key cannot use the key {DEFAULT_GROUP!r}.")
+
+    def labels(meta_params):
+        return {k: (k if k in by_key else DEFAULT_GROUP) for k in meta_params}
+
+    return optax.multi_transform({DEFAULT_GROUP: default, **by_key}, labels)
