@@ -77,7 +77,7 @@ def test_adaptation_changes_exactly_the_task_parameters(name):
     if task_keys is not None:
         assert set(params_0) == task_keys
     lr = META_MODELS[name][1]
-    params, *_ = learner.adapt(
+    params, *_ = learner.run_inner_loop(
         meta_model.inner_energy,
         learner.InnerLoop(optax.sgd(lr), 2),
         state.meta_params,
@@ -180,7 +180,7 @@ def test_anil_adapted_head_matches_closed_form(x64):
     meta_params, meta_state = meta_model.init(jax.random.key(0), task.support.x)
     params_0, _ = meta_model.reset(None, meta_params, meta_state)
     alpha, steps = 0.3, 4
-    params, *_ = learner.adapt(
+    params, *_ = learner.run_inner_loop(
         meta_model.inner_energy,
         learner.InnerLoop(optax.sgd(alpha), steps),
         meta_params,
@@ -209,7 +209,7 @@ def test_cavia_adapted_context_matches_closed_form(x64):
     params_0, _ = meta_model.reset(None, meta_params, meta_state)
     np.testing.assert_array_equal(params_0["context"], 0.0)
     alpha, steps = 0.2, 5
-    params, *_ = learner.adapt(
+    params, *_ = learner.run_inner_loop(
         meta_model.inner_energy,
         learner.InnerLoop(optax.sgd(alpha), steps),
         meta_params,
@@ -275,7 +275,7 @@ def test_query_predictions_depend_on_other_query_samples_only_when_transductive(
     state = maml.init(jax.random.key(0), batch)
     task = jax.tree.map(lambda a: a[0], batch)
     params, model_state = meta_model.reset(None, state.meta_params, state.model_state)
-    params, model_state, *_ = learner.adapt(
+    params, model_state, *_ = learner.run_inner_loop(
         meta_model.inner_energy,
         learner.InnerLoop(optax.sgd(0.1), 1),
         state.meta_params,

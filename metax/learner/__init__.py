@@ -10,7 +10,7 @@ from metax.learner.implicit import (
     recurrent_backprop,
     t1t2,
 )
-from metax.learner.inner import Adaptation, InnerLoop, adapt, adapt_task
+from metax.learner.inner import Adaptation, InnerLoop, adapt_task, run_inner_loop
 from metax.learner.maml import maml
 from metax.learner.optimizers import learned_sgd, per_key_optimizer
 from metax.learner.prototypical import prototypical
@@ -22,7 +22,6 @@ __all__ = [
     "InverseHvp",
     "Learner",
     "MetaState",
-    "adapt",
     "adapt_task",
     "buffered_reptile",
     "conjugate_gradient",
@@ -35,5 +34,6 @@ __all__ = [
     "prototypical",
     "recurrent_backprop",
     "reptile",
+    "run_inner_loop",
     "t1t2",
 ]

@@ -11,7 +11,7 @@ from metax.learner.base import (
     gradient_learner,
     prefix,
 )
-from metax.learner.inner import InnerLoop, TaskChunk, adapt, adapt_task
+from metax.learner.inner import InnerLoop, TaskChunk, adapt_task, run_inner_loop
 from metax.meta_models.base import MetaModel
 
 
@@ -76,7 +76,7 @@ def eqprop(
 
         def nudged_grad(b):
             energy = total_energy(b)
-            nudged = adapt(energy, nudged_phase, meta_params, free, state, k_nudged, task)
+            nudged = run_inner_loop(energy, nudged_phase, meta_params, free, state, k_nudged, task)
             return jax.grad(lambda mp: energy(mp, nudged.params, nudged.state, k_grad, task)[0])(
                 meta_params
             )

@@ -85,7 +85,7 @@ class InnerLoop:
 
 
 class Adaptation(NamedTuple):
-    """What `adapt` returns for one task.
+    """What `run_inner_loop` and `adapt_task` return for one task.
 
     params, state: the adapted task parameters and model state. metrics: flat scalars,
     ``loss_before`` (inner energy at the start) and ``grad_norm`` (of the first step).
@@ -93,7 +93,7 @@ class Adaptation(NamedTuple):
     ``meta_params`` summed over the steps (buffered Reptile), else None. per_step: with
     ``per_step_fn``, its outputs after every step, stacked on a leading axis of size
     ``num_steps``, else None. initial: the task's reset parameters (from `adapt_task`; None
-    from `adapt`).
+    from `run_inner_loop`).
     """
 
     params: Params
@@ -104,7 +104,7 @@ class Adaptation(NamedTuple):
     initial: Params | None = None
 
 
-def adapt(
+def run_inner_loop(
     energy_fn: EnergyFn,
     inner: InnerLoop,
     meta_params: Params,
@@ -287,7 +287,7 @@ def adapt_task(
 
     With ``inner.first_order`` the adaptation is not differentiated: ``params`` carries the
     derivative of ``initial`` (d params / d initial = I), as first-order MAML needs.
-    ``accumulate_meta_grads``, ``per_step_fn``: see `adapt`. Returns an `Adaptation` with
+    ``accumulate_meta_grads``, ``per_step_fn``: see `run_inner_loop`. Returns an `Adaptation` with
     ``initial`` set and ``loss_after`` (inner energy at the adapted parameters, not
     differentiated) added to its metrics.
     """
@@ -297,7 +297,7 @@ def adapt_task(
         inner_meta_params, start = jax.lax.stop_gradient((meta_params, params_0))
     else:
         inner_meta_params, start = meta_params, params_0
-    adapted = adapt(
+    adapted = run_inner_loop(
         meta_model.inner_energy,
         inner,
         inner_meta_params,
