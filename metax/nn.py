@@ -213,7 +213,11 @@ def max_pool_2x2(x: Array) -> Array:
 
 @gin.register(module="metax.nn")
 def conv4(
-    num_channels: int = 64, num_blocks: int = 4, pooling: str = "max", conv_impl: str = "auto"
+    num_channels: int = 64,
+    num_blocks: int = 4,
+    pooling: str = "max",
+    conv_impl: str = "auto",
+    per_step_batch_norm: int | None = None,
 ) -> Model:
     """The convolutional feature extractor of the MAML paper: ``(n, h, w, c) -> (n, features)``.
 
@@ -228,7 +232,20 @@ def conv4(
     ``apply(..., is_training=True)`` normalizes with batch statistics and updates the running
     statistics; ``is_training=False`` normalizes with the running statistics. ``gain``/``shift``
     dicts keyed by ``"block_i"`` with shape ``(num_channels,)`` modulate the BatchNorm output.
+
+    ``per_step_batch_norm=K`` (MAML++'s per-step BatchNorm weights and running statistics):
+    ``scale``, ``offset``, ``mean`` and ``var`` get a leading axis of K, and the state a
+    counter ``"step"`` (int32, 0 in the initial state). Each ``apply(..., is_training=True)``
+    uses and updates row ``min(step, K - 1)`` and returns ``step + 1``, so in an inner loop,
+    inner step k uses row k, and the query set, scored with the adapted state, row K - 1 (in
+    ``"per_task"`` mode normalized with the running statistics of the last step). With K = 1
+    it computes what ``per_step_batch_norm=None`` does.
     """
+    if per_step_batch_norm is not None and per_step_batch_norm < 1:
+        raise ValueError(
+            f"conv4 per_step_batch_norm must be None or >= 1, got {per_step_batch_norm}."
+        )
+    steps = per_step_batch_norm
     if pooling not in ("max", "strided"):
         raise ValueError(f"conv4 pooling must be 'max' or 'strided', got {pooling!r}.")
     if conv_impl not in CONV_IMPLS:
@@ -248,27 +265,36 @@ def conv4(
                     "w": kernel_init(key, (3, 3, c_in, num_channels)),
                     "b": jnp.zeros((num_channels,)),
                 },
-                "bn": {"scale": jnp.ones((num_channels,)), "offset": jnp.zeros((num_channels,))},
+                "bn": {"scale": jnp.ones(bn_shape), "offset": jnp.zeros(bn_shape)},
             }
-            state[f"block_{i}"] = {
-                "mean": jnp.zeros((num_channels,)),
-                "var": jnp.ones((num_channels,)),
-            }
+            state[f"block_{i}"] = {"mean": jnp.zeros(bn_shape), "var": jnp.ones(bn_shape)}
             c_in = num_channels
+        if steps is not None:
+            state["step"] = jnp.zeros((), jnp.int32)
         return params, state
+
+    bn_shape = (num_channels,) if steps is None else (steps, num_channels)
 
     def apply(params, state, rng, inputs, *, is_training=True, gain=None, shift=None):
         del rng
         h, new_state = inputs, {}
+        row = None if steps is None else jnp.minimum(state["step"], steps - 1)
         for i in range(num_blocks):
             name = f"block_{i}"
             z = conv(params[name]["conv"], h)
-            z, new_state[name] = _batch_norm(
-                params[name]["bn"], state[name], z, use_batch_stats=is_training
-            )
+            if row is None:
+                z, new_state[name] = _batch_norm(
+                    params[name]["bn"], state[name], z, use_batch_stats=is_training
+                )
+            else:
+                bn, stats = jax.tree.map(lambda a: a[row], (params[name]["bn"], state[name]))
+                z, stats = _batch_norm(bn, stats, z, use_batch_stats=is_training)
+                new_state[name] = jax.tree.map(lambda a, r: a.at[row].set(r), state[name], stats)
             h = jax.nn.relu(_modulate(z, name, gain, shift))
             if pooling == "max":
                 h = max_pool_2x2(h)
+        if row is not None:
+            new_state["step"] = state["step"] + 1 if is_training else state["step"]
         return h.reshape(h.shape[0], -1), new_state
 
     return Model(init, apply)
@@ -347,5 +373,5 @@ def modulation_shapes(params: Params) -> dict[str, tuple[int, ...]]:
         if name.startswith("layer_"):
             shapes[name] = layer["b"].shape
         elif name.startswith("block_"):
-            shapes[name] = layer["bn"]["offset"].shape
+            shapes[name] = layer["bn"]["offset"].shape[-1:]
     return shapes

@@ -202,3 +202,71 @@ def test_per_key_optimizer_updates_each_group_with_its_own_optimizer():
     np.testing.assert_allclose(updates["init"], -0.2)
     np.testing.assert_allclose(updates["other"], -0.2)
     np.testing.assert_allclose(updates["lr"], -0.02)
+
+
+def tiny_images(num_tasks=2, dtype=jnp.float64):
+    images = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 4, 1), dtype=np.uint8)
+    batch = data.sample_meta_batch(data.fewshot(images, 3, 2, 2), jax.random.key(0), num_tasks)
+    return jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, batch)
+
+
+def test_per_step_batch_norm_with_one_step_is_plain_batch_norm(x64):
+    x = tiny_images().support.x[0]
+    plain, per_step = nn.conv4(3, 2), nn.conv4(3, 2, per_step_batch_norm=1)
+    params, state = plain.init(jax.random.key(0), x)
+    params_1, state_1 = per_step.init(jax.random.key(0), x)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params_1), strict=True):
+        np.testing.assert_array_equal(a, b.reshape(a.shape))
+    for is_training in (True, False):
+        out, new = plain.apply(params, state, None, x, is_training=is_training)
+        out_1, new_1 = per_step.apply(params_1, state_1, None, x, is_training=is_training)
+        np.testing.assert_array_equal(out, out_1)
+        for name in ("block_0", "block_1"):
+            for stat in ("mean", "var"):
+                np.testing.assert_array_equal(new[name][stat], new_1[name][stat][0])
+        assert int(new_1["step"]) == int(is_training)
+
+
+def test_per_step_batch_norm_uses_row_k_at_step_k_and_the_last_row_after(x64):
+    x = tiny_images().support.x[0]
+    per_step = nn.conv4(3, 1, per_step_batch_norm=2)
+    params, state = per_step.init(jax.random.key(0), x)
+    params["block_0"]["bn"]["scale"] = jnp.array([[1.0, 2.0, 3.0], [0.5, -1.0, 4.0]])
+    plain = nn.conv4(3, 1)
+    rows = []
+    for _ in range(3):
+        out, state = per_step.apply(params, state, None, x, is_training=True)
+        rows.append(out)
+    for used, out in zip((0, 1, 1), rows, strict=True):
+        bn = {key: value[used] for key, value in params["block_0"]["bn"].items()}
+        row = {**params["block_0"], "bn": bn}
+        want, _ = plain.apply({"block_0": row}, {"block_0": {"mean": 0, "var": 1}}, None, x)
+        np.testing.assert_allclose(out, want, rtol=1e-12)
+    assert int(state["step"]) == 3
+    # Row 0's running statistics were updated once (step 0), row 1's twice (steps 1 and 2).
+    mean_0 = state["block_0"]["mean"][0]
+    assert np.abs(mean_0).max() > 0 and not np.allclose(mean_0, state["block_0"]["mean"][1])
+
+
+def test_maml_with_per_step_batch_norm_matches_finite_differences(x64):
+    from gradcheck import finite_difference_meta_gradient
+
+    from metax import energy
+
+    model = nn.sequential(
+        body=nn.conv4(2, 1, pooling="strided", per_step_batch_norm=2), head=nn.linear(3)
+    )
+    batch = tiny_images()
+    maml = learner.maml(
+        meta_models.learned_init(model, energy.cross_entropy, batch_norm="per_task"),
+        optax.sgd(0.3),
+        optax.scale(1.0),
+        num_inner_steps=2,
+    )
+    state = maml.init(jax.random.key(1), batch)
+    got = ravel_pytree(meta_gradient(maml, state, batch))[0]
+    expected = finite_difference_meta_gradient(maml, state, batch, 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+    # Both rows of the BatchNorm weights get gradient: each inner step has its own.
+    bn_grad = meta_gradient(maml, state, batch)["init"]["body"]["block_0"]["bn"]["scale"]
+    assert np.all(np.abs(np.asarray(bn_grad)).sum(1) > 0)
