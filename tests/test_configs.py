@@ -32,3 +32,28 @@ def test_every_experiment_says_what_it_reproduces():
         with open(path) as f:
             first = f.readline()
         assert first.startswith("# "), f"{path} must start with a comment saying what it runs"
+
+
+@pytest.mark.parametrize("name", ["metasgd_sinusoid.gin", "mamlpp_sinusoid.gin"])
+def test_new_method_configs_train_a_few_steps(tmp_path, name):
+    import math
+
+    gin.clear_config()
+    gin.add_config_file_search_path(CONFIGS)
+    overrides = [
+        "train.num_steps = 20",
+        "train.meta_batch_size = 8",
+        "train.log_every = 10",
+        "train.eval_every = 20",
+        "train.checkpoint_every = 20",
+        "train.eval_num_tasks = 8",
+    ]
+    try:
+        gin.parse_config_files_and_bindings(
+            [os.path.join(CONFIGS, name)], overrides, skip_unknown=False
+        )
+        final = metax.train.train(workdir=str(tmp_path))
+    finally:
+        gin.clear_config()
+    losses = {k: v for k, v in final.items() if k.startswith("eval/") and k.endswith("/loss")}
+    assert losses and all(math.isfinite(v) for v in losses.values()), final
