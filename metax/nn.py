@@ -300,6 +300,75 @@ def conv4(
     return Model(init, apply)
 
 
+RESNET12_LEAK = 0.1
+
+
+@gin.register(module="metax.nn")
+def resnet12(channels: Sequence[int] = (64, 160, 320, 640), conv_impl: str = "auto") -> Model:
+    """ResNet-12, the few-shot backbone of mini-ImageNet work (TADAM, MetaOptNet):
+    ``(n, h, w, c) -> (n, channels[-1])``.
+
+    Four residual blocks; block i: three 3x3 convs (SAME, no bias) with ``channels[i]``
+    outputs, each followed by BatchNorm, LeakyReLU(0.1) after the first two; a shortcut of a
+    1x1 conv and BatchNorm; their sum through LeakyReLU(0.1), then 2x2 max-pool. Global
+    average pooling of the last block's output (no DropBlock). Initializers and BatchNorm as
+    in `conv4`: ``apply(..., is_training=True)`` normalizes with batch statistics and updates
+    the running ones, ``False`` uses the running statistics (the meta-models' ``batch_norm``
+    modes work as for conv4).
+
+    Params ``{"block_i": {"conv_j": {"w"}, "bn_j": {"scale", "offset"}, "shortcut": {"w"},
+    "bn_shortcut": ...}}`` (j = 0, 1, 2); state: the running statistics of every BatchNorm.
+    """
+    channels = tuple(channels)
+    if len(channels) != 4 or min(channels) < 1:
+        raise ValueError(f"resnet12 channels must be 4 positive widths, got {channels}.")
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"resnet12 conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}.")
+    kernel_init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    bn_names = ("bn_0", "bn_1", "bn_2", "bn_shortcut")
+
+    def init(rng: PRNGKey, sample: Array) -> tuple[Params, State]:
+        params, state = {}, {}
+        c_in = sample.shape[-1]
+        for i, (c, key) in enumerate(zip(channels, jax.random.split(rng, 4), strict=True)):
+            keys = jax.random.split(key, 4)
+            block = {
+                f"conv_{j}": {"w": kernel_init(keys[j], (3, 3, c_in if j == 0 else c, c))}
+                for j in range(3)
+            }
+            block["shortcut"] = {"w": kernel_init(keys[3], (1, 1, c_in, c))}
+            for name in bn_names:
+                block[name] = {"scale": jnp.ones((c,)), "offset": jnp.zeros((c,))}
+            params[f"block_{i}"] = block
+            state[f"block_{i}"] = {
+                name: {"mean": jnp.zeros((c,)), "var": jnp.ones((c,))} for name in bn_names
+            }
+            c_in = c
+        return params, state
+
+    def apply(params, state, rng, inputs, *, is_training=True):
+        del rng
+        h, new_state = inputs, {}
+        for i in range(4):
+            p, s, block_state = params[f"block_{i}"], state[f"block_{i}"], {}
+
+            def normalized(z, name, p=p, s=s, block_state=block_state):
+                z, block_state[name] = _batch_norm(p[name], s[name], z, use_batch_stats=is_training)
+                return z
+
+            z = h
+            for j in range(3):
+                z = normalized(conv2d(z, p[f"conv_{j}"]["w"], 1, conv_impl), f"bn_{j}")
+                if j < 2:
+                    z = jax.nn.leaky_relu(z, RESNET12_LEAK)
+            shortcut = normalized(conv2d(h, p["shortcut"]["w"], 1, conv_impl), "bn_shortcut")
+            h = max_pool_2x2(jax.nn.leaky_relu(z + shortcut, RESNET12_LEAK))
+            new_state[f"block_{i}"] = block_state
+        return jnp.mean(h, axis=(1, 2)), new_state
+
+    return Model(init, apply)
+
+
 @gin.register(module="metax.nn")
 def flatten() -> Model:
     """``(n, *shape) -> (n, prod(shape))``, no parameters: put it before an ``mlp`` that reads
