@@ -3,6 +3,7 @@
 Importing this package does not import TensorFlow.
 """
 
+from metax.data.augment import color_jitter, horizontal_flip, random_crop
 from metax.data.base import Dataset, MetaBatch, TaskSampler, num_tasks, sample_meta_batch
 from metax.data.fewshot import fewshot
 from metax.data.synthetic import (
@@ -21,12 +22,15 @@ __all__ = [
     "Dataset",
     "MetaBatch",
     "TaskSampler",
+    "color_jitter",
     "family",
     "fewshot",
     "harmonic",
+    "horizontal_flip",
     "linear",
     "num_tasks",
     "polynomial",
+    "random_crop",
     "sample_meta_batch",
     "sawtooth",
     "sinusoid",

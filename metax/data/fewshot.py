@@ -8,13 +8,18 @@ permuted per episode. With ``rotations=True`` each class rotated by 90, 180 and 
 a further class (Vinyals et al., 2016; the MAML paper), rotated on the fly rather than stored.
 """
 
+from collections.abc import Sequence
+
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metax.data.augment import Augment, augment_images
 from metax.data.base import Dataset, MetaBatch, TaskSampler
 from metax.types import Array, PRNGKey
+
+AUGMENT_TAG = 1  # fold_in tag of the augmentation keys (independent of the episode's draws)
 
 
 @gin.register(module="metax.data")
@@ -24,6 +29,8 @@ def fewshot(
     shots: int = 1,
     queries: int = 15,
     rotations: bool = False,
+    augmentations: Sequence[Augment] = (),
+    augment_query: bool = True,
 ) -> TaskSampler:
     """Episodes from ``images`` of shape ``(classes, examples_per_class, h, w, c)``; uint8
     images are scaled to float32 in [0, 1].
@@ -32,7 +39,13 @@ def fewshot(
     ``y: (ways * shots,)`` int32 labels in ``[0, ways)`` and query ``(ways * queries, ...)``,
     grouped by class (class 0's examples first). ``info["classes"]`` holds the episode's class
     ids (shape ``(ways,)``): ``r * classes + i`` is class ``i`` rotated by ``r * 90`` degrees.
+
+    ``augmentations`` (`metax.data.augment`: e.g. ``(random_crop(4), horizontal_flip())``) are
+    applied in order to every support image and, with ``augment_query``, every query image,
+    each with its own key from the episode's; none by default (the episode is then exactly
+    the one drawn without this option).
     """
+    augmentations = tuple(augmentations)
     per_class = images.shape[1]
     num_classes = images.shape[0] * (4 if rotations else 1)
     if ways < 1 or shots < 1 or queries < 1:
@@ -80,13 +93,22 @@ def fewshot(
         )
         image_shape = images.shape[2:]
 
-        def split(part):
+        def split(part, key=None):
+            x = chosen[:, part].reshape(-1, *image_shape)
+            if key is not None:
+                x = augment_images(augmentations, key, x)
             return Dataset(
-                x=chosen[:, part].reshape(-1, *image_shape),
+                x=x,
                 y=labels[:, part].reshape(-1),
                 info={"classes": classes},
             )
 
-        return MetaBatch(support=split(slice(0, shots)), query=split(slice(shots, None)))
+        if not augmentations:
+            return MetaBatch(support=split(slice(0, shots)), query=split(slice(shots, None)))
+        k_support, k_query = jax.random.split(jax.random.fold_in(rng, AUGMENT_TAG))
+        return MetaBatch(
+            support=split(slice(0, shots), k_support),
+            query=split(slice(shots, None), k_query if augment_query else None),
+        )
 
     return TaskSampler(sample_task)

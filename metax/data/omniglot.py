@@ -12,11 +12,13 @@ classes for `metax.data.fewshot`.
 
 import os
 import zipfile
+from collections.abc import Sequence
 
 import gin
 import numpy as np
 import tensorflow_datasets as tfds
 
+from metax.data.augment import Augment
 from metax.data.base import TaskSampler
 from metax.data.fewshot import fewshot
 
@@ -280,12 +282,22 @@ def omniglot(
     source: str = "zips",
     manual_dir: str | None = None,
     data_dir: str | None = None,
+    augmentations: Sequence[Augment] = (),
 ) -> TaskSampler:
     """N-way K-shot Omniglot episodes (28x28, rotations as extra classes as in the MAML paper)
     sampled on device; see `omniglot_classes` for the splits and sources. By default the
     dataset is prepared once, offline, from the zips in ``manual_dir`` (or
     ``$METAX_OMNIGLOT_DIR``) into ``data_dir`` (or ``$METAX_TFDS_DIR``, default
     ``~/tensorflow_datasets``); nothing is downloaded unless ``source="tfds"``. Every host
-    loads the whole split (any task may draw any class) and samples only its own tasks."""
+    loads the whole split (any task may draw any class) and samples only its own tasks.
+    ``augmentations``: per-image transforms (`metax.data.fewshot`); none by default, the
+    rotations-as-classes are Omniglot's usual augmentation."""
     classes = omniglot_classes(mode, splits, source, manual_dir, data_dir)
-    return fewshot(classes, ways=ways, shots=shots, queries=queries, rotations=rotations)
+    return fewshot(
+        classes,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        rotations=rotations,
+        augmentations=augmentations,
+    )
