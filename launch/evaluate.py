@@ -30,6 +30,13 @@ _NUM_TASKS = flags.DEFINE_integer(
     "num_tasks", None, "Held-out tasks to evaluate on (default: the run's train.eval_num_tasks)."
 )
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint",
+    "latest",
+    ["latest", "best"],
+    "'latest' (or --step) of the run's checkpoints, or 'best': the best by its validation "
+    "metric (runs with train.val_sampler).",
+)
 _GIN_BINDINGS = flags.DEFINE_multi_string(
     "gin_bindings", [], "Bindings applied after the stored config, e.g. 'train.seed=1'."
 )
@@ -55,7 +62,7 @@ def main(argv: list[str]) -> None:
     initialize_distributed()
     try:
         results = metax.train.evaluate_run(
-            str(workdir), num_tasks=_NUM_TASKS.value, step=_STEP.value
+            str(workdir), num_tasks=_NUM_TASKS.value, step=_STEP.value, checkpoint=_CHECKPOINT.value
         )
     except USER_ERRORS as error:
         sys.exit(f"Error: {user_message(error)}")

@@ -74,3 +74,22 @@ def test_impossible_episodes_are_refused():
     assert fewshot(coded_images(), ways=20, rotations=True)  # 48 classes with rotations.
     with pytest.raises(ValueError, match="only 20 examples per class"):
         fewshot(coded_images(), ways=5, shots=5, queries=16)
+
+
+def test_grouped_episodes_draw_all_classes_from_one_group():
+    images = np.random.default_rng(0).integers(0, 256, (6, 4, 2, 2, 1), dtype=np.uint8)
+    groups = np.array([0, 0, 0, 1, 1, 2])
+    sampler = data.fewshot(images, ways=3, shots=1, queries=1, rotations=True, groups=groups)
+    seen = set()
+    for seed in range(30):
+        classes = np.asarray(
+            jax.jit(sampler.sample_task)(jax.random.key(seed)).support.info["classes"]
+        )
+        episode_groups = set(groups[classes % 6].tolist())
+        assert len(episode_groups) == 1 and len(set(classes.tolist())) == 3
+        seen |= episode_groups
+    assert seen == {0, 1, 2}  # With rotations, even group 2 (one character) has 4 classes.
+    with pytest.raises(ValueError, match="no group has 5 classes"):
+        data.fewshot(images, ways=5, shots=1, queries=1, groups=groups)
+    with pytest.raises(ValueError, match="one id per class"):
+        data.fewshot(images, ways=2, shots=1, queries=1, groups=groups[:3])

@@ -199,3 +199,29 @@ def test_launcher_runs_omniglot_and_shows_the_first_episode_in_tensorboard(tmp_p
     grid = np.asarray(Image.open(io.BytesIO(png)))
     assert grid.shape == (int(height), int(width), 3)
     assert grid.shape[0] > 5 * 2 * 28 and grid.shape[1] > 16 * 2 * 28  # 5 rows, 16 columns.
+
+
+def test_within_alphabet_episodes_use_one_alphabet(prepared):
+    images, alphabets = omniglot.load_classes(prepared, "small1")
+    sampler = fewshot(images, ways=5, shots=1, queries=1, rotations=True, groups=alphabets)
+    for seed in range(10):
+        classes = np.asarray(sampler.sample_task(jax.random.key(seed)).support.info["classes"])
+        assert len(set(alphabets[classes % len(images)].tolist())) == 1
+
+
+def test_validation_splits_hold_out_classes_from_training_only(tmp_path):
+    import tensorflow_datasets as tfds
+
+    def classes(mode, splits):
+        return omniglot.omniglot_classes_and_alphabets(mode, splits, "tfds", data_dir=str(tmp_path))
+
+    with tfds.testing.mock_data(as_data_source_fn=_fake_standard_split):
+        train, val, test = (classes(mode, "minimal_val") for mode in ("train", "val", "test"))
+        plain_train, plain_test = (classes(mode, "minimal") for mode in ("train", "test"))
+        with pytest.raises(ValueError, match="has no meta-validation classes.*minimal_val"):
+            classes("val", "minimal")
+    # small1 = alphabets 0 and 1; small2 = 1 and 2: validation is small1's alphabet that small2
+    # lacks (0), training the rest of small1 (1), the meta-test set stays small2's alphabet 2.
+    assert train[1].tolist() == [1, 1] and val[1].tolist() == [0, 0] and test[1].tolist() == [2, 2]
+    np.testing.assert_array_equal(np.concatenate([val[0], train[0]]), plain_train[0])
+    np.testing.assert_array_equal(test[0], plain_test[0])

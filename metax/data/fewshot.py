@@ -31,6 +31,7 @@ def fewshot(
     rotations: bool = False,
     augmentations: Sequence[Augment] = (),
     augment_query: bool = True,
+    groups: Array | None = None,
 ) -> TaskSampler:
     """Episodes from ``images`` of shape ``(classes, examples_per_class, h, w, c)``; uint8
     images are scaled to float32 in [0, 1].
@@ -44,6 +45,10 @@ def fewshot(
     applied in order to every support image and, with ``augment_query``, every query image,
     each with its own key from the episode's; none by default (the episode is then exactly
     the one drawn without this option).
+
+    ``groups``: an int group id per class ``(classes,)`` (e.g. Omniglot's alphabets): every
+    episode then draws one group, uniformly among those with at least ``ways`` classes, and its
+    ``ways`` classes from that group only (a rotated class keeps its group).
     """
     augmentations = tuple(augmentations)
     per_class = images.shape[1]
@@ -65,6 +70,22 @@ def fewshot(
         raise ValueError(
             f"fewshot rotations need square images, got {images.shape[2]}x{images.shape[3]}."
         )
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (images.shape[0],):
+            raise ValueError(
+                f"fewshot groups needs one id per class, shape ({images.shape[0]},), got "
+                f"{groups.shape}."
+            )
+        groups = np.tile(groups, 4) if rotations else groups
+        ids, sizes = np.unique(groups, return_counts=True)
+        eligible = ids[sizes >= ways]
+        if eligible.size == 0:
+            raise ValueError(
+                f"fewshot groups: no group has {ways} classes (largest: {sizes.max()}); lower "
+                f"ways or group classes more coarsely."
+            )
+        groups, eligible = jnp.asarray(groups), jnp.asarray(eligible)
     images = jnp.asarray(images)
     # Source pixel (row, col) of output pixel (i, j) after k quarter turns (as np.rot90).
     side = images.shape[2]
@@ -75,7 +96,14 @@ def fewshot(
 
     def sample_task(rng: PRNGKey) -> MetaBatch:
         k_classes, k_examples = jax.random.split(rng)
-        classes = jax.random.permutation(k_classes, num_classes)[:ways]
+        if groups is None:
+            classes = jax.random.permutation(k_classes, num_classes)[:ways]
+        else:
+            k_group, k_order = jax.random.split(k_classes)
+            group = jax.random.choice(k_group, eligible)
+            # A random order of the group's classes first: the top `ways` random scores.
+            scores = jnp.where(groups == group, jax.random.uniform(k_order, (num_classes,)), -1.0)
+            classes = jnp.argsort(-scores)[:ways]
         keys = jax.random.split(k_examples, ways)
         examples = jax.vmap(lambda k: jax.random.permutation(k, per_class)[: shots + queries])(keys)
         base, quarter_turns = classes % images.shape[0], classes // images.shape[0]

@@ -233,6 +233,73 @@ def _split_loader(source: str, manual_dir: str | None, data_dir: str | None):
     raise ValueError(f"omniglot source must be 'zips' or 'tfds', got {source!r}.")
 
 
+SPLITS = ("standard", "standard_val", "minimal", "minimal_val")
+STANDARD_VAL_CHARACTERS = 100
+
+
+def omniglot_classes_and_alphabets(
+    mode: str,
+    splits: str,
+    source: str = "zips",
+    manual_dir: str | None = None,
+    data_dir: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The classes of the meta-train (``mode="train"``), meta-validation (``"val"``) or
+    meta-test (``"test"``) set, as ``(classes, 20, 28, 28, 1)`` uint8 images, and each class's
+    alphabet index ``(classes,)``.
+
+    ``splits="standard"``: background + evaluation (1,623 characters, background's first, each
+    in label order), the first 1,200 for meta-training and the rest for meta-testing
+    (Vinyals et al., 2016). ``"standard_val"``: the same with the last 100 of those 1,200 as
+    meta-validation (1,100 / 100 / 423). ``splits="minimal"``: meta-train on all characters of
+    ``small1`` (5 alphabets), meta-test on the characters of ``small2``'s alphabets that are
+    not in ``small1`` (3 alphabets). ``"minimal_val"``: the same meta-test set, and small1's
+    alphabet that small2 lacks with the fewest characters (Early_Aramaic, 22) as
+    meta-validation, the other 4 for meta-training. Only the ``*_val`` splits have ``"val"``
+    classes, and their ``"train"`` classes exclude them (no leak between the sets).
+
+    ``source="zips"``: prepared offline by `OmniglotZips` from the zips in ``manual_dir``.
+    ``source="tfds"``: TFDS's standard ``omniglot`` builder, which downloads the same zips
+    (online machines; preparing it needs TensorFlow, reading it does not).
+    """
+    if mode not in ("train", "val", "test") or splits not in SPLITS:
+        raise ValueError(
+            f"omniglot mode must be 'train', 'val' or 'test' and splits one of {SPLITS}, got "
+            f"{mode!r} and {splits!r}."
+        )
+    validation = splits.endswith("_val")
+    if mode == "val" and not validation:
+        raise ValueError(
+            f"omniglot splits={splits!r} has no meta-validation classes; use "
+            f"splits='{splits}_val' for train, val and test samplers alike."
+        )
+    load = _split_loader(source, manual_dir, data_dir)
+    if splits.startswith("minimal"):
+        small1, alphabets1 = load("small1")
+        small2, alphabets2 = load("small2")
+        if mode == "test":
+            unseen = ~np.isin(alphabets2, alphabets1)
+            return small2[unseen], alphabets2[unseen]
+        if not validation:
+            return small1, alphabets1
+        candidates, counts = np.unique(
+            alphabets1[~np.isin(alphabets1, alphabets2)], return_counts=True
+        )
+        held_out = alphabets1 == candidates[np.argmin(counts)]
+        keep = held_out if mode == "val" else ~held_out
+        return small1[keep], alphabets1[keep]
+    parts = [load(s) for s in ("background", "evaluation")]
+    images = np.concatenate([p[0] for p in parts])
+    alphabets = np.concatenate([p[1] for p in parts])
+    n_val = STANDARD_VAL_CHARACTERS if validation else 0
+    ranges = {
+        "train": slice(0, STANDARD_TRAIN_CHARACTERS - n_val),
+        "val": slice(STANDARD_TRAIN_CHARACTERS - n_val, STANDARD_TRAIN_CHARACTERS),
+        "test": slice(STANDARD_TRAIN_CHARACTERS, None),
+    }
+    return images[ranges[mode]], alphabets[ranges[mode]]
+
+
 def omniglot_classes(
     mode: str,
     splits: str,
@@ -240,35 +307,8 @@ def omniglot_classes(
     manual_dir: str | None = None,
     data_dir: str | None = None,
 ) -> np.ndarray:
-    """The classes of the meta-train (``mode="train"``) or meta-test (``"test"``) set, as
-    ``(classes, 20, 28, 28, 1)`` uint8 images.
-
-    ``splits="standard"``: background + evaluation (1,623 characters, background's first, each
-    in label order), the first 1,200 for meta-training and the rest for meta-testing
-    (Vinyals et al., 2016). ``splits="minimal"``: meta-train on all characters of ``small1``
-    (5 alphabets), meta-test on the characters of ``small2``'s alphabets that are not in
-    ``small1`` (3 alphabets).
-
-    ``source="zips"``: prepared offline by `OmniglotZips` from the zips in ``manual_dir``.
-    ``source="tfds"``: TFDS's standard ``omniglot`` builder, which downloads the same zips
-    (online machines; preparing it needs TensorFlow, reading it does not).
-    """
-    if mode not in ("train", "test") or splits not in ("standard", "minimal"):
-        raise ValueError(
-            f"omniglot mode must be 'train' or 'test' and splits 'standard' or "
-            f"'minimal', got {mode!r} and {splits!r}."
-        )
-    load = _split_loader(source, manual_dir, data_dir)
-    if splits == "minimal":
-        small1, alphabets1 = load("small1")
-        if mode == "train":
-            return small1
-        small2, alphabets2 = load("small2")
-        return small2[~np.isin(alphabets2, alphabets1)]
-    images = np.concatenate([load(s)[0] for s in ("background", "evaluation")])
-    if mode == "train":
-        return images[:STANDARD_TRAIN_CHARACTERS]
-    return images[STANDARD_TRAIN_CHARACTERS:]
+    """The images of `omniglot_classes_and_alphabets`: ``(classes, 20, 28, 28, 1)`` uint8."""
+    return omniglot_classes_and_alphabets(mode, splits, source, manual_dir, data_dir)[0]
 
 
 @gin.register(module="metax.data")
@@ -283,6 +323,7 @@ def omniglot(
     manual_dir: str | None = None,
     data_dir: str | None = None,
     augmentations: Sequence[Augment] = (),
+    within_alphabet: bool = False,
 ) -> TaskSampler:
     """N-way K-shot Omniglot episodes (28x28, rotations as extra classes as in the MAML paper)
     sampled on device; see `omniglot_classes` for the splits and sources. By default the
@@ -291,8 +332,9 @@ def omniglot(
     ``~/tensorflow_datasets``); nothing is downloaded unless ``source="tfds"``. Every host
     loads the whole split (any task may draw any class) and samples only its own tasks.
     ``augmentations``: per-image transforms (`metax.data.fewshot`); none by default, the
-    rotations-as-classes are Omniglot's usual augmentation."""
-    classes = omniglot_classes(mode, splits, source, manual_dir, data_dir)
+    rotations-as-classes are Omniglot's usual augmentation. ``within_alphabet=True``: every
+    episode's classes come from one alphabet (the harder protocol of Lake et al.)."""
+    classes, alphabets = omniglot_classes_and_alphabets(mode, splits, source, manual_dir, data_dir)
     return fewshot(
         classes,
         ways=ways,
@@ -300,4 +342,5 @@ def omniglot(
         queries=queries,
         rotations=rotations,
         augmentations=augmentations,
+        groups=alphabets if within_alphabet else None,
     )

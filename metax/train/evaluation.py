@@ -12,7 +12,15 @@ from metax.data.base import TaskSampler, sample_meta_batch
 from metax.learner.base import Learner, MetaState, evaluation_settings
 from metax.train import sharding
 from metax.train import workdir as run_dir
-from metax.train.step import EVAL_DATA, EVAL_STEP, abstract_state, fetch, make_train_step
+from metax.train.step import (
+    EVAL_DATA,
+    EVAL_STEP,
+    VAL_DATA,
+    VAL_STEP,
+    abstract_state,
+    fetch,
+    make_train_step,
+)
 
 CI95_Z = 1.959963984540054
 
@@ -28,8 +36,9 @@ def mean_and_ci95(values: np.ndarray) -> tuple[float, float]:
 class Evaluator:
     """Evaluates on a fixed set of held-out tasks, in chunks, compiled once per evaluation
     setting (`metax.learner.base.evaluation_settings`: for learners with an inner loop, each
-    of ``inner_steps``). ``evaluator(state)`` returns ``{"eval/<setting>/<metric>": mean,
-    "eval/<setting>/<metric>_ci95": half-width, "eval/num_tasks": n}``."""
+    of ``inner_steps``). ``evaluator(state)`` returns ``{"<split>/<setting>/<metric>": mean,
+    "<split>/<setting>/<metric>_ci95": half-width, "<split>/num_tasks": n}``; ``split`` is
+    "eval" (meta-test tasks) or "val" (meta-validation tasks, their own key streams)."""
 
     def __init__(
         self,
@@ -40,12 +49,15 @@ class Evaluator:
         num_tasks: int,
         batch_size: int,
         inner_steps,
+        split: str = "eval",
     ):
         self.num_chunks = -(-num_tasks // batch_size)
         self.num_tasks = self.num_chunks * batch_size
         self.settings = evaluation_settings(learner, inner_steps)
-        data_key = jax.random.fold_in(jax.random.key(seed), EVAL_DATA)
-        step_key = jax.random.fold_in(jax.random.key(seed), EVAL_STEP)
+        self.split = split
+        data_tag, step_tag = (VAL_DATA, VAL_STEP) if split == "val" else (EVAL_DATA, EVAL_STEP)
+        data_key = jax.random.fold_in(jax.random.key(seed), data_tag)
+        step_key = jax.random.fold_in(jax.random.key(seed), step_tag)
         tasks = sharding.task_sharded(mesh)
 
         def evaluate_chunk(state, chunk, setting):
@@ -58,7 +70,7 @@ class Evaluator:
         )
 
     def __call__(self, state: MetaState) -> dict[str, float]:
-        results = {"eval/num_tasks": float(self.num_tasks)}
+        results = {f"{self.split}/num_tasks": float(self.num_tasks)}
         for label, setting in self.settings.items():
             # Fetched chunk by chunk: a long queue of multi-device executions can deadlock
             # XLA:CPU's collectives (see the training loop), and evaluation is not hot.
@@ -68,13 +80,18 @@ class Evaluator:
             per_task = jax.tree.map(lambda *a: np.concatenate(a), *chunks)
             for name, values in per_task.items():
                 mean, ci95 = mean_and_ci95(values)
-                results[f"eval/{label}/{name}"] = mean
-                results[f"eval/{label}/{name}_ci95"] = ci95
+                results[f"{self.split}/{label}/{name}"] = mean
+                results[f"{self.split}/{label}/{name}_ci95"] = ci95
         return results
 
 
-def evaluate_run(workdir: str, num_tasks: int | None = None, step: int | None = None) -> dict:
+def evaluate_run(
+    workdir: str, num_tasks: int | None = None, step: int | None = None, checkpoint: str = "latest"
+) -> dict:
     """Evaluates a run's checkpoint on its held-out tasks, with the run's settings.
+
+    ``checkpoint``: ``"latest"`` (or exactly ``step``) of ``workdir/checkpoints``, or ``"best"``,
+    the run's best checkpoint by its validation metric (runs with ``train.val_sampler``).
 
     The run's `train` arguments (learner, samplers, seed, evaluation settings) come from the
     parsed gin config, i.e. the config stored in ``workdir`` (see ``launch/evaluate.py``). Reads
@@ -100,8 +117,26 @@ def evaluate_run(workdir: str, num_tasks: int | None = None, step: int | None = 
     init, _ = make_train_step(
         learner, arguments["train_sampler"], meta_batch_size, mesh, arguments["seed"]
     )
+    if checkpoint not in ("latest", "best"):
+        raise ValueError(f"checkpoint must be 'latest' or 'best', got {checkpoint!r}.")
     workdir = run_dir.resolve(workdir)
-    manager = run_dir.checkpoint_manager(workdir)
+    if checkpoint == "best":
+        if arguments["val_sampler"] is None:
+            raise ValueError(
+                f"The run in {workdir} has no validation tasks (train.val_sampler), so no best "
+                f"checkpoint; evaluate the latest one."
+            )
+        from metax.train.loop import _selection
+
+        metric, mode = _selection(
+            learner, arguments["eval_inner_steps"], True, arguments["select_metric"]
+        )
+        manager = run_dir.best_checkpoint_manager(workdir, metric, mode)
+        step = manager.best_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"No best checkpoint in {workdir} yet.")
+    else:
+        manager = run_dir.checkpoint_manager(workdir)
     state, step = run_dir.restore_latest(
         manager, abstract_state(init, mesh), set_aside=False, step=step
     )
@@ -120,5 +155,6 @@ def evaluate_run(workdir: str, num_tasks: int | None = None, step: int | None = 
     results = {"step": float(step), **evaluator(state)}
     if jax.process_index() == 0:
         results_json = json.dumps(results, indent=2, sort_keys=True)
-        (workdir / f"eval_step_{step}.json").write_text(results_json)
+        name = f"eval_best_step_{step}.json" if checkpoint == "best" else f"eval_step_{step}.json"
+        (workdir / name).write_text(results_json)
     return results

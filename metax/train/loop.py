@@ -29,7 +29,7 @@ from absl import logging
 import metax.train.configurables  # noqa: F401  (gin registrations used by experiment files)
 from metax import checks
 from metax.data.base import TaskSampler
-from metax.learner.base import Learner
+from metax.learner.base import Learner, evaluation_settings
 from metax.train import figures, sharding
 from metax.train import workdir as run_dir
 from metax.train.evaluation import Evaluator
@@ -93,6 +93,8 @@ def train(
     max_checkpoints_to_keep: int = 3,
     skip_nonfinite: bool = False,
     allow_config_change: bool = False,
+    val_sampler: TaskSampler | None = None,
+    select_metric: str | None = None,
 ) -> dict[str, float]:
     """Meta-trains ``learner`` on tasks from ``train_sampler`` and evaluates on held-out tasks.
 
@@ -115,6 +117,16 @@ def train(
         stay those of earlier, finite steps); if True it goes on, counting skipped steps.
       allow_config_change: resume a workdir whose stored config differs from this one
         (the new config is stored beside the old one).
+      val_sampler: draws meta-validation tasks (classes disjoint from both other sets). With
+        it, periodic evaluation (every ``eval_every`` steps and at the end) runs on
+        validation tasks only, the checkpoint with the best ``select_metric`` is kept in
+        ``workdir/best_checkpoint`` (orbax's best-checkpoint support; survives resumes), and
+        the final meta-test evaluation is of that checkpoint (``best/step`` says which).
+        Without it, periodic evaluation runs on the meta-test tasks and the final one on the
+        last step (selecting a step by those numbers would select on the test set).
+      select_metric: the validation metric to select by, e.g. ``"val/steps_5/accuracy"``
+        (maximized; any other name is minimized). Default: the loss of the learner's last
+        evaluation setting (``val/steps_<max eval_inner_steps>/loss``).
 
     Returns:
       The final metrics (also written to ``workdir/final_metrics.json``); after SIGTERM or
@@ -136,6 +148,7 @@ def train(
             f"train.eval_inner_steps must be a non-empty tuple of step counts >= 0, "
             f"got {eval_inner_steps}."
         )
+    select_metric, select_mode = _selection(learner, eval_inner_steps, val_sampler, select_metric)
     mesh = sharding.task_mesh()
     sharding.check_divisible(meta_batch_size, mesh)
     sharding.check_divisible(eval_batch_size, mesh, what="evaluation batch (train.eval_batch_size)")
@@ -160,6 +173,19 @@ def train(
         eval_batch_size,
         eval_inner_steps,
     )
+    validator = best = None
+    if val_sampler is not None:
+        validator = Evaluator(
+            learner,
+            val_sampler,
+            mesh,
+            seed,
+            eval_num_tasks,
+            eval_batch_size,
+            eval_inner_steps,
+            split="val",
+        )
+        best = run_dir.best_checkpoint_manager(workdir, select_metric, select_mode)
     checkpoints = run_dir.checkpoint_manager(workdir, max_checkpoints_to_keep)
     restored, latest = run_dir.restore_latest(checkpoints, abstract_state(init, mesh))
     if restored is None:
@@ -215,7 +241,12 @@ def train(
                     writer.write_scalars(step, train_metrics)
                 progress(step)
                 if step % eval_every == 0 and step < num_steps and not stop:
-                    writer.write_scalars(step, evaluator(state))
+                    if validator is None:
+                        writer.write_scalars(step, evaluator(state))
+                    else:
+                        writer.write_scalars(
+                            step, _validate(validator, best, select_metric, state, step)
+                        )
                 if step % checkpoint_every == 0 or step == num_steps or stop:
                     if history:
                         check_history()  # Never checkpoint past a non-finite step.
@@ -233,8 +264,25 @@ def train(
                 workdir,
             )
             return {"step": float(step), "stopped_by_signal": 1.0}
-        final = {"step": float(step), **train_metrics, **evaluator(state)}
-        writer.write_scalars(step, {k: v for k, v in final.items() if k.startswith("eval/")})
+        final = {"step": float(step), **train_metrics}
+        if validator is not None:
+            final.update(_validate(validator, best, select_metric, state, step))
+            best.wait_until_finished()
+            best_step = best.best_step()
+            if best_step is None:
+                raise FloatingPointError(
+                    f"No finite {select_metric} in any validation of this run: no best "
+                    f"checkpoint to evaluate. Lower the learning rates."
+                )
+            state = best.restore(
+                best_step, args=ocp.args.StandardRestore(abstract_state(init, mesh))
+            )
+            final["best/step"] = float(best_step)
+            logging.info("Evaluating the best checkpoint by %s: step %d.", select_metric, best_step)
+        final.update(evaluator(state))
+        writer.write_scalars(
+            step, {k: v for k, v in final.items() if k.startswith(("eval/", "best/"))}
+        )
         _write_regression_figure(
             learner,
             state,
@@ -249,6 +297,8 @@ def train(
     finally:
         # One shutdown for every exit (end, signal, error): pending saves finish, files close.
         checkpoints.close()
+        if best is not None:
+            best.close()
         writer.flush()
         writer.close()
     final["wall_time_s"] = time.time() - start_time
@@ -256,6 +306,37 @@ def train(
         (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))
     logging.info("Final metrics: %s", json.dumps(final, sort_keys=True))
     return final
+
+
+def _selection(learner, eval_inner_steps, val_sampler, select_metric):
+    """``(metric, mode)`` the best checkpoint is selected by (see `train`)."""
+    names = list(evaluation_settings(learner, eval_inner_steps))
+    if select_metric is None:
+        select_metric = f"val/{names[-1]}/loss"
+    parts = select_metric.split("/")
+    if val_sampler is not None and (len(parts) != 3 or parts[0] != "val" or parts[1] not in names):
+        raise ValueError(
+            f"train.select_metric must be 'val/<setting>/<metric>' with a setting of this "
+            f"learner ({', '.join(names)}), e.g. 'val/{names[-1]}/accuracy'; got "
+            f"{select_metric!r}."
+        )
+    return select_metric, "max" if parts[-1] == "accuracy" else "min"
+
+
+def _validate(validator, best, select_metric: str, state, step: int) -> dict[str, float]:
+    """Evaluates on the validation tasks and offers the state to the best checkpoint (orbax
+    keeps it if its metric is the best so far); a non-finite metric is never offered."""
+    results = validator(state)
+    if select_metric not in results:
+        names = sorted(k for k in results if not k.endswith(("_ci95", "num_tasks")))
+        raise ValueError(
+            f"train.select_metric {select_metric!r} is not a validation metric of this "
+            f"learner; it has {names}."
+        )
+    value = results[select_metric]
+    if np.isfinite(value) and step not in best.all_steps():
+        best.save(step, args=ocp.args.StandardSave(state), metrics={select_metric: value})
+    return results
 
 
 def _write_regression_figure(

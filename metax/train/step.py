@@ -10,7 +10,7 @@ from metax.train import sharding
 from metax.types import Metrics
 
 # Independent key streams derived from the seed (fold_in tags).
-INIT, TRAIN_DATA, TRAIN_STEP, EVAL_DATA, EVAL_STEP, FIGURE = range(6)
+INIT, TRAIN_DATA, TRAIN_STEP, EVAL_DATA, EVAL_STEP, FIGURE, VAL_DATA, VAL_STEP = range(8)
 NONFINITE = "nonfinite"
 
 

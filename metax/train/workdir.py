@@ -12,6 +12,7 @@ from gin import config_parser
 
 CONFIG = "config.gin"
 CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINT = "best_checkpoint"
 CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
 # Bindings a resumed run may change freely: they say how long to run and how often to report,
 # not what is computed at each step.
@@ -142,6 +143,23 @@ def checkpoint_manager(
     return ocp.CheckpointManager(
         workdir / CHECKPOINTS,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_handlers=ocp.StandardCheckpointHandler(),
+    )
+
+
+def best_checkpoint_manager(workdir: epath.Path, metric: str, mode: str) -> ocp.CheckpointManager:
+    """Orbax's manager of ``workdir/best_checkpoint``: every save carries ``{metric: value}``
+    and orbax keeps only the best one (``mode`` "max" or "min"; orbax's best-checkpoint
+    support), so ``best_step()`` survives restarts with the checkpoint itself."""
+    return ocp.CheckpointManager(
+        workdir / BEST_CHECKPOINT,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1,
+            best_fn=lambda metrics: metrics[metric],
+            best_mode=mode,
+            keep_checkpoints_without_metrics=False,
+            create=True,
+        ),
         item_handlers=ocp.StandardCheckpointHandler(),
     )
 

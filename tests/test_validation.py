@@ -1,0 +1,79 @@
+"""Meta-validation: periodic evaluation on validation tasks, the best checkpoint kept by orbax
+and reported on the meta-test tasks, across a resume; `evaluate_run` picks it."""
+
+import os
+
+import gin
+import pytest
+
+import metax.train
+from metax.train import sharding
+from metax.train import workdir as run_dir
+from metax.train.evaluation import Evaluator
+from metax.train.step import abstract_state, make_train_step
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+BINDINGS = [
+    "train.meta_batch_size = 8",
+    "train.log_every = 10",
+    "train.eval_every = 10",
+    "train.checkpoint_every = 10",
+    "train.max_checkpoints_to_keep = 5",
+    "train.eval_num_tasks = 16",
+    "train.eval_inner_steps = (1,)",
+    "outer/optax.adam.learning_rate = 0.01",
+    "train.val_sampler = @val/metax.data.sinusoid()",
+    "val/metax.data.sinusoid.num_train_shots = 5",
+]
+
+
+def run(workdir, num_steps, extra=()):
+    gin.clear_config()
+    gin.add_config_file_search_path(CONFIGS)
+    gin.parse_config_files_and_bindings(
+        [os.path.join(CONFIGS, "maml_sinusoid_quick.gin")],
+        [*BINDINGS, f"train.num_steps = {num_steps}", *extra],
+        skip_unknown=False,
+    )
+    return metax.train.train(workdir=str(workdir), allow_config_change=True)
+
+
+def test_best_validation_checkpoint_is_kept_across_a_resume_and_reported(tmp_path):
+    try:
+        run(tmp_path, 20)
+        final = run(tmp_path, 30)  # Resumed from step 20.
+        best_step = int(final["best/step"])
+        learner = gin.query_parameter("train.learner").scoped_configurable_fn()
+        sampler = gin.query_parameter("train.val_sampler").scoped_configurable_fn()
+        # The validation loss of every checkpoint: the kept one is the lowest.
+        mesh = sharding.task_mesh()
+        init, _ = make_train_step(learner, sampler, 8, mesh, 0)
+        validator = Evaluator(learner, sampler, mesh, 0, 16, 8, (1,), split="val")
+        manager = run_dir.checkpoint_manager(run_dir.resolve(str(tmp_path)))
+        losses = {}
+        for step in (10, 20, 30):
+            state, _ = run_dir.restore_latest(
+                manager, abstract_state(init, mesh), set_aside=False, step=step
+            )
+            losses[step] = validator(state)["val/steps_1/loss"]
+        manager.close()
+        assert best_step == min(losses, key=losses.get), losses
+        assert len(set(losses.values())) == 3  # The run moved: the choice was a real one.
+        assert sorted(os.listdir(tmp_path / "best_checkpoint")) == [str(best_step)]
+        best = metax.train.evaluate_run(str(tmp_path), checkpoint="best")
+        assert best["step"] == best_step
+        for name, value in best.items():
+            if name.startswith("eval/"):
+                assert value == final[name], name  # The final report is the best checkpoint's.
+    finally:
+        gin.clear_config()
+
+
+def test_select_metric_is_checked(tmp_path):
+    try:
+        with pytest.raises(ValueError, match="select_metric must be 'val/<setting>/<metric>'"):
+            run(tmp_path / "a", 10, ["train.select_metric = 'val/steps_2/loss'"])
+        with pytest.raises(ValueError, match="is not a validation metric of this learner"):
+            run(tmp_path / "b", 20, ["train.select_metric = 'val/steps_1/acc'"])
+    finally:
+        gin.clear_config()
