@@ -281,7 +281,7 @@ def train(
             logging.info("Evaluating the best checkpoint by %s: step %d.", select_metric, best_step)
         final.update(evaluator(state))
         writer.write_scalars(
-            step, {k: v for k, v in final.items() if k.startswith(("eval/", "best/"))}
+            step, {k: v for k, v in final.items() if k.startswith(("eval/", "val/", "best/"))}
         )
         _write_regression_figure(
             learner,
