@@ -8,6 +8,24 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+
+def _compilation_cache_dir() -> str:
+    """One persistent compilation cache per test session, shared by the xdist workers and the
+    subprocesses they start (launcher runs of the same config compile the same programs:
+    16.6 s -> 7.5 s per run measured). Per session and keyed by XLA_FLAGS, so no run reuses
+    programs compiled for other flags (the AVX2-only run compiles its own)."""
+    import hashlib
+    import tempfile
+    import uuid
+
+    session = os.environ.get("PYTEST_XDIST_TESTRUNUID") or uuid.uuid4().hex
+    flags = hashlib.sha256(os.environ["XLA_FLAGS"].encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"metax-test-jax-cache-{session}-{flags}")
+
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _compilation_cache_dir())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -181,6 +181,10 @@ def test_a_run_compiles_its_meta_step_once(tmp_path):
             compilations.append(event)
 
     jax.monitoring.register_event_duration_secs_listener(listener)
+    # The suite's persistent compilation cache (conftest) would serve these programs without
+    # compiling them: count real compilations.
+    cache_enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
 
     def count(num_steps, workdir):
         before = len(compilations)
@@ -204,6 +208,7 @@ def test_a_run_compiles_its_meta_step_once(tmp_path):
         compiled = count(40, tmp_path / "run")
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+        jax.config.update("jax_enable_compilation_cache", cache_enabled)
     # Per run of 40 steps and 4 evaluations: init, the meta-step, one evaluation per
     # inner-step count, the first episode, the regression figure's predictions.
     assert compiled == 6

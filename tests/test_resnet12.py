@@ -1,6 +1,5 @@
 """ResNet-12: shapes, the same function with either convolution, and gradients in float64 under
-jit against the un-jitted ones and finite differences (both BatchNorm modes), also through
-MAML's inner loop."""
+jit against the un-jitted ones and finite differences (both BatchNorm modes)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from test_conv_gradients import assert_directional_derivatives, relative_error
 
-from metax import data, energy, learner, meta_models, nn
+from metax import nn
 
 SMALL = (4, 6, 8, 8)
 
@@ -50,6 +49,8 @@ def test_matmul_and_lax_convolutions_compute_the_same_function(x64):
 
 @pytest.mark.parametrize("is_training", [True, False], ids=["batch_stats", "running_stats"])
 def test_gradient_under_jit_equals_unjitted_and_finite_differences(x64, is_training):
+    # (MAML through it differentiates these same functions twice: the second-order path is
+    # covered for conv4 in test_conv_gradients.py, which shares every layer but the shortcut.)
     model = nn.sequential(body=nn.resnet12(SMALL), head=nn.linear(5))
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
     labels = jnp.array([1, 3, 0])
@@ -67,27 +68,3 @@ def test_gradient_under_jit_equals_unjitted_and_finite_differences(x64, is_train
     assert np.all(np.isfinite(jitted))
     assert relative_error(jitted, np.asarray(jax.grad(loss)(flat))) < 1e-8
     assert_directional_derivatives(jax.jit(loss), flat, jitted)
-
-
-def test_maml_meta_gradient_through_resnet12_matches_finite_differences(x64):
-    images = np.random.default_rng(0).integers(0, 256, (6, 3, 8, 8, 1), dtype=np.uint8)
-    batch = data.sample_meta_batch(data.fewshot(images, 3, 1, 1), jax.random.key(0), 2)
-    batch = jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype.kind == "f" else a, batch)
-    model = nn.sequential(body=nn.resnet12((2, 2, 3, 3)), head=nn.linear(3))
-    maml = learner.maml(
-        meta_models.learned_init(model, energy.cross_entropy, batch_norm="per_task"),
-        optax.sgd(0.1),
-        optax.scale(1.0),
-    )
-    state = maml.init(jax.random.key(1), batch)
-    flat, unravel = ravel_pytree(state.meta_params)
-
-    def meta_loss(vector):
-        per_task = maml.evaluate(
-            state._replace(meta_params=unravel(vector)), batch, jax.random.key(0), 1
-        )
-        return jnp.mean(per_task["loss"])
-
-    new_state, _ = jax.jit(maml.meta_step)(state, batch, jax.random.key(0))
-    gradient = flat - ravel_pytree(new_state.meta_params)[0]
-    assert_directional_derivatives(jax.jit(meta_loss), flat, np.asarray(gradient))

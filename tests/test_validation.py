@@ -74,6 +74,6 @@ def test_select_metric_is_checked(tmp_path):
         with pytest.raises(ValueError, match="select_metric must be 'val/<setting>/<metric>'"):
             run(tmp_path / "a", 10, ["train.select_metric = 'val/steps_2/loss'"])
         with pytest.raises(ValueError, match="is not a validation metric of this learner"):
-            run(tmp_path / "b", 20, ["train.select_metric = 'val/steps_1/acc'"])
+            run(tmp_path / "b", 10, ["train.select_metric = 'val/steps_1/acc'"])
     finally:
         gin.clear_config()

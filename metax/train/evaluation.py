@@ -126,9 +126,9 @@ def evaluate_run(
                 f"The run in {workdir} has no validation tasks (train.val_sampler), so no best "
                 f"checkpoint; evaluate the latest one."
             )
-        from metax.train.loop import _selection
+        from metax.train.loop import selection_metric
 
-        metric, mode = _selection(
+        metric, mode = selection_metric(
             learner, arguments["eval_inner_steps"], True, arguments["select_metric"]
         )
         manager = run_dir.best_checkpoint_manager(workdir, metric, mode)

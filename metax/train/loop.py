@@ -148,7 +148,9 @@ def train(
             f"train.eval_inner_steps must be a non-empty tuple of step counts >= 0, "
             f"got {eval_inner_steps}."
         )
-    select_metric, select_mode = _selection(learner, eval_inner_steps, val_sampler, select_metric)
+    select_metric, select_mode = selection_metric(
+        learner, eval_inner_steps, val_sampler, select_metric
+    )
     mesh = sharding.task_mesh()
     sharding.check_divisible(meta_batch_size, mesh)
     sharding.check_divisible(eval_batch_size, mesh, what="evaluation batch (train.eval_batch_size)")
@@ -308,7 +310,7 @@ def train(
     return final
 
 
-def _selection(learner, eval_inner_steps, val_sampler, select_metric):
+def selection_metric(learner, eval_inner_steps, val_sampler, select_metric):
     """``(metric, mode)`` the best checkpoint is selected by (see `train`)."""
     names = list(evaluation_settings(learner, eval_inner_steps))
     if select_metric is None:
