@@ -10,7 +10,7 @@ from metax.learner import Learner, MetaState
 from metax.meta_models import MetaModel
 from metax.nn import Model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Dataset",

@@ -181,11 +181,6 @@ def check_inner_optimizer(meta_model: MetaModel, inner: InnerLoop, learner_name:
         )
 
 
-def check_mean_meta_grad_inputs(task_loss, task_meta_grad) -> None:
-    if (task_loss is None) == (task_meta_grad is None):
-        raise TypeError("Pass exactly one of task_loss and task_meta_grad.")
-
-
 def averaged_meta_step(
     outer_optimizer: optax.GradientTransformation,
     *,
@@ -205,7 +200,8 @@ def averaged_meta_step(
     averaged over tasks (under sharding the mean is an all-reduce), ``meta_grad_norm`` is
     added, and ``outer_optimizer`` applies the mean gradient.
     """
-    check_mean_meta_grad_inputs(task_loss, task_meta_grad)
+    if (task_loss is None) == (task_meta_grad is None):
+        raise TypeError("Pass exactly one of task_loss and task_meta_grad.")
 
     def batch_loss(meta_params, model_state, meta_batch, rng):
         losses, metrics = jax.vmap(

@@ -129,7 +129,10 @@ def evaluate_run(
         from metax.train.loop import selection_metric
 
         metric, mode = selection_metric(
-            learner, arguments["eval_inner_steps"], True, arguments["select_metric"]
+            learner,
+            arguments["eval_inner_steps"],
+            arguments["val_sampler"],
+            arguments["select_metric"],
         )
         manager = run_dir.best_checkpoint_manager(workdir, metric, mode)
         step = manager.best_step() if step is None else step
