@@ -8,6 +8,7 @@ import gin
 import jax
 import numpy as np
 
+from metax.data import host
 from metax.data.base import TaskSampler, sample_meta_batch
 from metax.learner.base import Learner, MetaState, evaluation_settings
 from metax.train import sharding
@@ -19,6 +20,7 @@ from metax.train.step import (
     VAL_STEP,
     abstract_state,
     fetch,
+    is_host_fed,
     make_train_step,
 )
 
@@ -43,7 +45,7 @@ class Evaluator:
     def __init__(
         self,
         learner: Learner,
-        sampler: TaskSampler,
+        sampler: TaskSampler | host.HostTaskSampler,
         mesh,
         seed: int,
         num_tasks: int,
@@ -59,24 +61,38 @@ class Evaluator:
         data_key = jax.random.fold_in(jax.random.key(seed), data_tag)
         step_key = jax.random.fold_in(jax.random.key(seed), step_tag)
         tasks = sharding.task_sharded(mesh)
+        self._host_fed = is_host_fed(sampler)
+        self._batches = lambda: host.meta_batches(
+            sampler, seed, data_tag, 0, self.num_chunks, batch_size, mesh
+        )
 
-        def evaluate_chunk(state, chunk, setting):
-            batch = sample_meta_batch(sampler, data_key, batch_size, chunk * batch_size)
-            batch = jax.lax.with_sharding_constraint(batch, tasks)
+        def evaluate_chunk(state, chunk, setting, batch=None):
+            if batch is None:
+                batch = sample_meta_batch(sampler, data_key, batch_size, chunk * batch_size)
+                batch = jax.lax.with_sharding_constraint(batch, tasks)
+            else:
+                batch = host.scale_images(batch)
             return learner.evaluate(state, batch, jax.random.fold_in(step_key, chunk), setting)
 
         self._evaluate_chunk = jax.jit(
             evaluate_chunk, static_argnums=2, out_shardings=sharding.replicated(mesh)
         )
 
+    def _chunks(self, state: MetaState, setting) -> list:
+        if not self._host_fed:
+            return [fetch(self._evaluate_chunk(state, c, setting)) for c in range(self.num_chunks)]
+        # Host-fed tasks: chunk c holds "step" c of the stream (`metax.data.host`).
+        return [
+            fetch(self._evaluate_chunk(state, c, setting, batch))
+            for c, batch in enumerate(self._batches())
+        ]
+
     def __call__(self, state: MetaState) -> dict[str, float]:
         results = {f"{self.split}/num_tasks": float(self.num_tasks)}
         for label, setting in self.settings.items():
             # Fetched chunk by chunk: a long queue of multi-device executions can deadlock
             # XLA:CPU's collectives (see the training loop), and evaluation is not hot.
-            chunks = [
-                fetch(self._evaluate_chunk(state, c, setting)) for c in range(self.num_chunks)
-            ]
+            chunks = self._chunks(state, setting)
             per_task = jax.tree.map(lambda *a: np.concatenate(a), *chunks)
             for name, values in per_task.items():
                 mean, ci95 = mean_and_ci95(values)

@@ -1,8 +1,9 @@
 """The training loop: the one gin-configurable root of an experiment (``train`` in gin files).
 
 Everything a run needs is derived from its arguments and ``seed``: task batches are sampled on
-device inside the compiled step from ``fold_in(key, step)``, so a resumed run replays the same
-batches. The loop writes to ``workdir``:
+device inside the compiled step from ``fold_in(key, step)`` (or, host-fed, from a generator
+seeded with the seed, step and task), so a resumed run replays the same batches. The loop
+writes to ``workdir``:
 
 * ``config.gin``: the operative gin config (process 0; never overwritten on resume),
 * TensorBoard event files (training metrics every ``log_every`` steps, averaged over those
@@ -29,6 +30,7 @@ from absl import logging
 import metax.train.configurables  # noqa: F401  (gin registrations used by experiment files)
 from metax import checks
 from metax.data.base import TaskSampler
+from metax.data.host import HostTaskSampler
 from metax.learner.base import Learner, evaluation_settings
 from metax.train import figures, sharding
 from metax.train import workdir as run_dir
@@ -40,7 +42,9 @@ from metax.train.step import (
     abstract_state,
     fetch,
     first_train_episode,
+    is_host_fed,
     make_train_step,
+    train_batches,
 )
 
 REGRESSION_FIGURE = "regression_tasks.png"
@@ -78,9 +82,9 @@ def _interval_metrics(fetched: list[dict], first_step: int, skip_nonfinite: bool
 def train(
     *,
     learner: Learner,
-    train_sampler: TaskSampler,
+    train_sampler: TaskSampler | HostTaskSampler,
     workdir: str,
-    eval_sampler: TaskSampler | None = None,
+    eval_sampler: TaskSampler | HostTaskSampler | None = None,
     meta_batch_size: int = 25,
     num_steps: int = 1000,
     seed: int = 0,
@@ -93,7 +97,7 @@ def train(
     max_checkpoints_to_keep: int = 3,
     skip_nonfinite: bool = False,
     allow_config_change: bool = False,
-    val_sampler: TaskSampler | None = None,
+    val_sampler: TaskSampler | HostTaskSampler | None = None,
     select_metric: str | None = None,
 ) -> dict[str, float]:
     """Meta-trains ``learner`` on tasks from ``train_sampler`` and evaluates on held-out tasks.
@@ -101,7 +105,9 @@ def train(
     Args:
       learner: e.g. ``metax.learner.maml(...)``.
       train_sampler: draws meta-training tasks; ``eval_sampler`` (default: the same family)
-        draws the held-out evaluation tasks from a separate key stream.
+        draws the held-out evaluation tasks from a separate key stream. Either sampler kind:
+        on device (`metax.data.TaskSampler`, drawn inside the compiled step) or host-fed
+        (`metax.data.host.HostTaskSampler`, built ahead on the host, each process its share).
       workdir: output folder (created); an existing run there is resumed from its latest
         readable checkpoint, if the config is the stored one (see ``allow_config_change``).
       meta_batch_size: tasks per meta-step; must divide over all devices.
@@ -224,10 +230,15 @@ def train(
         return metrics
 
     logging.info("Training from step %d to %d on %d devices.", step, num_steps, mesh.size)
+    if is_host_fed(train_sampler):
+        feed = train_batches(train_sampler, seed, step, num_steps, meta_batch_size, mesh)
+        run_step = lambda state: train_step(state, next(feed))  # noqa: E731
+    else:
+        run_step = train_step
     try:
         with StopSignals() as signals:
             while step < num_steps:
-                state, metrics = train_step(state)
+                state, metrics = run_step(state)
                 step += 1
                 if history:
                     # At most two steps in flight: wait (no copy) for the previous one.

@@ -1,10 +1,14 @@
-"""The compiled meta-step of a run: task batches drawn on device, the divergence guard."""
+"""The compiled meta-step of a run: task batches drawn on device or fed from the host, the
+divergence guard."""
+
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metax.data.base import TaskSampler, sample_meta_batch
+from metax.data import host
+from metax.data.base import MetaBatch, TaskSampler, sample_meta_batch
 from metax.learner.base import Learner, MetaState
 from metax.train import sharding
 from metax.types import Metrics
@@ -48,13 +52,27 @@ def guard_nonfinite(meta_step):
     return guarded
 
 
-def make_train_step(learner: Learner, sampler: TaskSampler, meta_batch_size: int, mesh, seed: int):
+def is_host_fed(sampler) -> bool:
+    """Whether ``sampler`` builds tasks on the host (`metax.data.host.HostTaskSampler`)."""
+    return isinstance(sampler, host.HostTaskSampler)
+
+
+def make_train_step(
+    learner: Learner,
+    sampler: TaskSampler | host.HostTaskSampler,
+    meta_batch_size: int,
+    mesh,
+    seed: int,
+):
     """The compiled ``init() -> state`` and ``train_step(state) -> (state, metrics)`` of a run.
 
     The meta-batch of step ``t`` is drawn inside the step from ``fold_in(key, t)``, task ``i``
     from ``fold_in(., i)``, with the task axis sharded over ``mesh``: each device (and so each
     host) computes only its own tasks, and the batch is the same whatever the mesh. The state
     is replicated and donated. Keys are closed over, so no host data enters a step.
+
+    With a host-fed sampler (`metax.data.host`) the step is ``train_step(state, batch)``
+    instead, ``batch`` the step's task-sharded meta-batch from `train_batches`.
 
     Divergence guard: if any metric or new meta-parameter is not finite, the step returns the
     old state (step counter advanced) and ``metrics["nonfinite"] = 1``.
@@ -64,6 +82,27 @@ def make_train_step(learner: Learner, sampler: TaskSampler, meta_batch_size: int
     root_key = jax.random.key(seed)
     data_key = jax.random.fold_in(root_key, TRAIN_DATA)
     step_key = jax.random.fold_in(root_key, TRAIN_STEP)
+    guarded_step = guard_nonfinite(learner.meta_step)
+
+    if is_host_fed(sampler):
+        init_from = jax.jit(
+            lambda batch: learner.init(
+                jax.random.fold_in(root_key, INIT), host.scale_images(batch)
+            ),
+            in_shardings=(tasks,),
+            out_shardings=rep,
+        )
+
+        def host_init():
+            return init_from(next(train_batches(sampler, seed, 0, 1, meta_batch_size, mesh)))
+
+        def host_step(state: MetaState, batch: MetaBatch):
+            rng = jax.random.fold_in(step_key, state.step)
+            return guarded_step(state, host.scale_images(batch), rng)
+
+        return host_init, jax.jit(
+            host_step, in_shardings=(rep, tasks), out_shardings=(rep, rep), donate_argnums=0
+        )
 
     def sample(step):
         batch = sample_meta_batch(sampler, jax.random.fold_in(data_key, step), meta_batch_size)
@@ -71,8 +110,6 @@ def make_train_step(learner: Learner, sampler: TaskSampler, meta_batch_size: int
 
     def init():
         return learner.init(jax.random.fold_in(root_key, INIT), sample(0))
-
-    guarded_step = guard_nonfinite(learner.meta_step)
 
     def train_step(state: MetaState):
         return guarded_step(state, sample(state.step), jax.random.fold_in(step_key, state.step))
@@ -83,8 +120,26 @@ def make_train_step(learner: Learner, sampler: TaskSampler, meta_batch_size: int
     )
 
 
-def first_train_episode(sampler: TaskSampler, seed: int):
+def train_batches(
+    sampler: host.HostTaskSampler,
+    seed: int,
+    first_step: int,
+    last_step: int,
+    meta_batch_size: int,
+    mesh,
+) -> Iterator[MetaBatch]:
+    """The host-fed meta-batches of steps ``first_step .. last_step - 1`` of a run, built
+    ahead (`metax.data.host.meta_batches`)."""
+    return host.meta_batches(
+        sampler, seed, TRAIN_DATA, first_step, last_step, meta_batch_size, mesh
+    )
+
+
+def first_train_episode(sampler: TaskSampler | host.HostTaskSampler, seed: int):
     """Task 0 of meta-step 0 of a run (as host arrays): what the model is fed first."""
+    if is_host_fed(sampler):
+        batch = host.scale_images(host.host_meta_batch(sampler, seed, TRAIN_DATA, 0, np.arange(1)))
+        return jax.tree.map(lambda x: x[0], batch)
     data_key = jax.random.fold_in(jax.random.key(seed), TRAIN_DATA)
     batch = jax.jit(lambda: sample_meta_batch(sampler, jax.random.fold_in(data_key, 0), 1))()
     return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(batch))
