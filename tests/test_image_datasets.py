@@ -87,7 +87,7 @@ def test_tiered_imagenet_has_unequal_classes_and_is_host_fed(tmp_path):
         check_episode(sampler.sample_task(host.task_rng(0, 1, step, 0)), split, 2, 2, 3)
     with pytest.raises(ValueError, match="needs equal classes. Use feed='host'"):
         datasets.tiered_imagenet(mode="test", feed="device", **kw)
-    with pytest.raises(ValueError, match="smallest class has 6 images"):
+    with pytest.raises(ValueError, match="only 6 examples per class"):
         datasets.tiered_imagenet(mode="test", **{**kw, "queries": 5})
 
 

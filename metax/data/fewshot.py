@@ -22,6 +22,27 @@ from metax.types import Array, PRNGKey
 AUGMENT_TAG = 1  # fold_in tag of the augmentation keys (independent of the episode's draws)
 
 
+def check_episode_sizes(
+    ways: int, shots: int, queries: int, num_classes: int, smallest_class: int
+) -> None:
+    """Raises a ValueError unless ``ways``-way episodes of ``shots + queries`` distinct
+    examples per class can be drawn from ``num_classes`` classes of at least
+    ``smallest_class`` examples."""
+    if ways < 1 or shots < 1 or queries < 1:
+        raise ValueError(
+            f"fewshot needs ways, shots, queries >= 1, got {ways}, {shots}, {queries}."
+        )
+    if ways > num_classes:
+        raise ValueError(
+            f"fewshot asks for {ways}-way episodes but the split has only {num_classes} classes."
+        )
+    if shots + queries > smallest_class:
+        raise ValueError(
+            f"fewshot asks for {shots} shots + {queries} queries per class but the "
+            f"split has only {smallest_class} examples per class (in its smallest class)."
+        )
+
+
 @gin.register(module="metax.data")
 def fewshot(
     images: Array,
@@ -53,19 +74,7 @@ def fewshot(
     augmentations = tuple(augmentations)
     per_class = images.shape[1]
     num_classes = images.shape[0] * (4 if rotations else 1)
-    if ways < 1 or shots < 1 or queries < 1:
-        raise ValueError(
-            f"fewshot needs ways, shots, queries >= 1, got {ways}, {shots}, {queries}."
-        )
-    if ways > num_classes:
-        raise ValueError(
-            f"fewshot asks for {ways}-way episodes but the split has only {num_classes} classes."
-        )
-    if shots + queries > per_class:
-        raise ValueError(
-            f"fewshot asks for {shots} shots + {queries} queries per class but the "
-            f"split has only {per_class} examples per class."
-        )
+    check_episode_sizes(ways, shots, queries, num_classes, per_class)
     if rotations and images.shape[2] != images.shape[3]:
         raise ValueError(
             f"fewshot rotations need square images, got {images.shape[2]}x{images.shape[3]}."

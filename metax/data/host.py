@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from metax.data.base import Dataset, MetaBatch
+from metax.data.fewshot import check_episode_sizes
 
 if TYPE_CHECKING:
     from metax.data.builders import SplitSource
@@ -113,19 +114,7 @@ def host_fewshot(
     (support ``x: (ways * shots, h, w, c)`` uint8, grouped by class; ``info["classes"]``).
     ``options``: `HostTaskSampler`'s ``num_threads`` and ``prefetch``."""
     num_classes = len(split.counts)
-    if ways < 1 or shots < 1 or queries < 1:
-        raise ValueError(
-            f"fewshot needs ways, shots, queries >= 1, got {ways}, {shots}, {queries}."
-        )
-    if ways > num_classes:
-        raise ValueError(
-            f"fewshot asks for {ways}-way episodes but the split has only {num_classes} classes."
-        )
-    if shots + queries > split.counts.min():
-        raise ValueError(
-            f"fewshot asks for {shots} shots + {queries} queries per class but the split's "
-            f"smallest class has {split.counts.min()} images."
-        )
+    check_episode_sizes(ways, shots, queries, num_classes, int(split.counts.min()))
     labels = np.repeat(np.arange(ways, dtype=np.int32), shots + queries).reshape(ways, -1)
 
     def sample_task(rng: np.random.Generator) -> MetaBatch:
