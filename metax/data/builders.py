@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 SPLIT_NAMES = ("train", "val", "test")
+TFDS_DIR_ENV = "METAX_TFDS_DIR"  # Where prepared datasets live (default ~/tensorflow_datasets).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 # A class: its name and one zero-argument reader per image (returns a PIL image or an array).
@@ -354,6 +355,19 @@ class CifarFewShot(FewShotImageBuilder):
             ]
             for name, ids in split.items()
         }
+
+
+def prepare_once_per_host(prepare_fn):
+    """Runs ``prepare_fn`` on process 0 first, then on the others: several hosts may share
+    the data folder (NFS, GCS), and two hosts preparing the same files would race."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return prepare_fn()
+    result = prepare_fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("metax: dataset prepared on process 0")
+    return prepare_fn() if result is None else result
 
 
 def prepare(

@@ -21,7 +21,6 @@ from metax.data.augment import Augment
 from metax.data.fewshot import fewshot
 from metax.data.host import host_fewshot
 
-TFDS_DIR_ENV = "METAX_TFDS_DIR"
 FEEDS = ("device", "host")
 
 
@@ -32,19 +31,6 @@ def resolve_dir(path: str | None, env: str, fallback: str | None, needs: str) ->
     if path is None:
         raise FileNotFoundError(f"{needs} (no manual_dir given and ${env} is not set)")
     return os.path.expanduser(path)
-
-
-def prepare_once_per_host(prepare_fn):
-    """Runs ``prepare_fn`` on process 0 first, then on the others: several hosts may share
-    the data folder (NFS, GCS), and two hosts preparing the same files would race."""
-    import jax
-    from jax.experimental import multihost_utils
-
-    if jax.process_count() == 1:
-        return prepare_fn()
-    result = prepare_fn() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("metax: dataset prepared on process 0")
-    return prepare_fn() if result is None else result
 
 
 def episodes(
@@ -66,8 +52,8 @@ def episodes(
         raise ValueError(f"mode must be one of {builders.SPLIT_NAMES}, got {mode!r}.")
     if feed not in FEEDS:
         raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}.")
-    data_dir = resolve_dir(data_dir, TFDS_DIR_ENV, "~/tensorflow_datasets", "")
-    builder = prepare_once_per_host(
+    data_dir = resolve_dir(data_dir, builders.TFDS_DIR_ENV, "~/tensorflow_datasets", "")
+    builder = builders.prepare_once_per_host(
         lambda: builders.prepare(builder_class, config, manual_dir, data_dir)
     )
     split = builders.SplitSource(builder, mode)

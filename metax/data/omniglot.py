@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from metax.data.augment import Augment
 from metax.data.base import TaskSampler
+from metax.data.builders import TFDS_DIR_ENV, prepare_once_per_host
 from metax.data.fewshot import fewshot
 
 ZIP_SPLITS = {
@@ -181,20 +182,6 @@ STANDARD_TFDS_SPLITS = {
 }
 
 
-def _prepare_once_per_host(prepare_fn):
-    """Runs ``prepare_fn`` on process 0 first, then on the others: several hosts may share
-    ``data_dir`` (NFS, GCS), and two hosts preparing the same files would race."""
-    import jax
-    from jax.experimental import multihost_utils
-
-    if jax.process_count() == 1:
-        return prepare_fn()
-    result = prepare_fn() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("metax: Omniglot prepared on process 0")
-    return prepare_fn() if result is None else result
-
-
-TFDS_DIR_ENV = "METAX_TFDS_DIR"
 STANDARD_TRAIN_CHARACTERS = 1200
 
 
@@ -214,12 +201,12 @@ def _split_loader(source: str, manual_dir: str | None, data_dir: str | None):
     data_dir = _default(data_dir, TFDS_DIR_ENV, "~/tensorflow_datasets")
     if source == "zips":
         manual_dir = _default(manual_dir, DATA_DIR_ENV, None)
-        builder = _prepare_once_per_host(lambda: prepare(manual_dir, data_dir))
+        builder = prepare_once_per_host(lambda: prepare(manual_dir, data_dir))
         return lambda split: load_classes(builder, split)
     if source == "tfds":
 
         def load(split):
-            data = _prepare_once_per_host(
+            data = prepare_once_per_host(
                 lambda: tfds.data_source(
                     "omniglot",
                     split=STANDARD_TFDS_SPLITS[split],
