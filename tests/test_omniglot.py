@@ -225,3 +225,39 @@ def test_validation_splits_hold_out_classes_from_training_only(tmp_path):
     assert train[1].tolist() == [1, 1] and val[1].tolist() == [0, 0] and test[1].tolist() == [2, 2]
     np.testing.assert_array_equal(np.concatenate([val[0], train[0]]), plain_train[0])
     np.testing.assert_array_equal(test[0], plain_test[0])
+
+
+def _fake_zip(folder, split: str, alphabets: tuple[str, ...], characters: int = 2) -> None:
+    """``images_background_{split}.zip`` in the original layout (``alphabet/character/*.png``
+    under a folder of the zip's name) of 105x105 black-on-white drawings by `_fake_drawing`."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    with zipfile.ZipFile(folder / f"images_background_{split}.zip", "w") as archive:
+        for a, alphabet in enumerate(alphabets):
+            for c in range(characters):
+                label = a * characters + c
+                for d in range(omniglot.DRAWINGS_PER_CHARACTER):
+                    png = io.BytesIO()
+                    Image.fromarray(_fake_drawing(label, d)[:, :, 0]).save(png, format="PNG")
+                    name = f"images_background_{split}/{alphabet}/character{c + 1:02d}/{d:02d}.png"
+                    archive.writestr(name, png.getvalue())
+
+
+@pytest.mark.parametrize("size", [84, 105])
+def test_image_size_is_configurable(tmp_path, size):
+    """Each size is its own prepared folder; 105 is the zips' own size (no resampling)."""
+    _fake_zip(tmp_path, "small1", ("Alpha", "Beta"))
+    _fake_zip(tmp_path, "small2", ("Beta", "Gamma"))
+    kwargs = dict(manual_dir=str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=size)
+    images, alphabets = omniglot.omniglot_classes_and_alphabets("train", "minimal", **kwargs)
+    assert images.shape == (4, 20, size, size, 1) and alphabets.tolist() == [0, 0, 1, 1]
+    # Class 3 (Beta's second character) holds its 20 drawings, in the prepared files' order.
+    drawings = [_fake_drawing(3, d) for d in range(omniglot.DRAWINGS_PER_CHARACTER)]
+    expected = [255 - x[:, :, :1] if size == 105 else omniglot._resized(x, size) for x in drawings]
+    assert sorted(x.tobytes() for x in images[3]) == sorted(x.tobytes() for x in expected)
+    assert os.path.isdir(tmp_path / "tfds" / "omniglot_zips" / f"{size}x{size}x1")
+    episode = omniglot.omniglot("train", "minimal", ways=2, queries=1, **kwargs)
+    assert jax.jit(episode.sample_task)(jax.random.key(0)).query.x.shape == (2, size, size, 1)

@@ -4,7 +4,8 @@
 its manual folder (``images_background.zip``, ``images_evaluation.zip``,
 ``images_background_small1.zip``, ``images_background_small2.zip``; the files TFDS's own
 ``omniglot`` builder downloads) into array_record files: one split per zip, images resized to
-28x28 (as in the MAML paper), one example per drawing with its character label (an index into
+one square size (28x28 by default, as in the MAML paper; 84 or 105, the zips' own size, as
+other papers use), one example per drawing with its character label (an index into
 the sorted ``alphabet/character`` names of all zips present) and its alphabet. Preparation and
 reading need no network and no TensorFlow; `load_classes` returns a split as one array of
 classes for `metax.data.fewshot`.
@@ -20,7 +21,7 @@ import tensorflow_datasets as tfds
 
 from metax.data.augment import Augment
 from metax.data.base import TaskSampler
-from metax.data.builders import TFDS_DIR_ENV, prepare_once_per_host
+from metax.data.builders import TFDS_DIR_ENV, ImageConfig, prepare_once_per_host
 from metax.data.fewshot import fewshot
 
 ZIP_SPLITS = {
@@ -29,7 +30,7 @@ ZIP_SPLITS = {
     "images_background_small1.zip": "small1",
     "images_background_small2.zip": "small2",
 }
-IMAGE_SIZE = 28
+IMAGE_SIZE = 28  # The default; the zips hold 105x105 drawings.
 DRAWINGS_PER_CHARACTER = 20
 DATA_DIR_ENV = "METAX_OMNIGLOT_DIR"
 
@@ -45,26 +46,34 @@ def _characters(zip_path: str) -> list[tuple[str, str, list[str]]]:
     return [(a, c, sorted(files)) for (a, c), files in sorted(groups.items())]
 
 
-def _resized(image) -> np.ndarray:
-    """A PIL image or ``(h, w[, c])`` uint8 array of black ink on white -> ``(28, 28, 1)`` uint8
-    with ink 255 and background 0."""
+def _resized(image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A PIL image or ``(h, w[, c])`` uint8 array of black ink on white -> ``(size, size, 1)``
+    uint8 with ink 255 and background 0."""
     from PIL import Image
 
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image[..., 0] if image.ndim == 3 else image)
-    image = image.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    image = image.convert("L").resize((size, size), Image.LANCZOS)
     return (255 - np.asarray(image, dtype=np.uint8))[:, :, None]
 
 
-def _read_png(archive: zipfile.ZipFile, member: str) -> np.ndarray:
+def _read_png(archive: zipfile.ZipFile, member: str, size: int) -> np.ndarray:
     from PIL import Image
 
     with archive.open(member) as f:
-        return _resized(Image.open(f))
+        return _resized(Image.open(f), size)
+
+
+def image_config(size: int) -> ImageConfig:
+    """The builder config of square ``size`` x ``size`` grey images (its own data folder)."""
+    return ImageConfig(size, size, 1)
 
 
 class OmniglotZips(tfds.core.GeneratorBasedBuilder):
-    """Omniglot from local copies of the original zips (see the module docstring)."""
+    """Omniglot from local copies of the original zips (see the module docstring); its config
+    (`image_config`) sets the image size."""
+
+    BUILDER_CONFIGS = [image_config(IMAGE_SIZE)]
 
     VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -76,12 +85,10 @@ class OmniglotZips(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description="Omniglot characters, 28x28, prepared from the original zip files.",
+            description="Omniglot characters prepared from the original zip files.",
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Tensor(
-                        shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8
-                    ),
+                    "image": tfds.features.Tensor(shape=self.builder_config.shape, dtype=np.uint8),
                     "label": tfds.features.Tensor(shape=(), dtype=np.int32),
                     "alphabet": tfds.features.Tensor(shape=(), dtype=np.int32),
                 }
@@ -115,33 +122,39 @@ class OmniglotZips(tfds.core.GeneratorBasedBuilder):
                     yield (
                         member,
                         {
-                            "image": _read_png(archive, member),
+                            "image": _read_png(archive, member, self.builder_config.shape[0]),
                             "label": np.int32(label[(a, c)]),
                             "alphabet": np.int32(alphabet[a]),
                         },
                     )
 
 
-def prepare(manual_dir: str, data_dir: str) -> OmniglotZips:
-    """Prepares (once) the splits of the zips in ``manual_dir`` under ``data_dir``."""
+def prepare(manual_dir: str, data_dir: str, image_size: int = IMAGE_SIZE) -> OmniglotZips:
+    """Prepares (once per image size) the splits of the zips in ``manual_dir`` under
+    ``data_dir``, as ``image_size`` x ``image_size`` images."""
     present = [n for n in ZIP_SPLITS if os.path.exists(os.path.join(manual_dir, n))]
     if not present:
         # Checked here: TFDS would fail with a bare AssertionError, never with a download.
         raise FileNotFoundError(
             f"No Omniglot zip in {manual_dir!r}. {OmniglotZips.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
-    builder = OmniglotZips(data_dir=data_dir, file_format="array_record")
+    builder = OmniglotZips(
+        data_dir=data_dir, config=image_config(image_size), file_format="array_record"
+    )
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
     )
     return builder
 
 
-def classes_from_examples(source, split: str = "") -> tuple[np.ndarray, np.ndarray]:
+def classes_from_examples(
+    source, split: str = "", image_size: int = IMAGE_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
     """Groups a random-access sequence of examples (dicts with ``image``, ``label``,
-    ``alphabet``; any image size, black ink on white or already 28x28 ink-on-black uint8) into
-    ``(classes, 20, 28, 28, 1)`` uint8 images (ink 255; `metax.data.fewshot` scales them),
-    classes in label order, and the ``(classes,)`` alphabet index of each class."""
+    ``alphabet``; black ink on white of any size, or ink-on-black uint8 already of
+    ``(image_size, image_size, 1)``) into ``(classes, 20, image_size, image_size, 1)`` uint8
+    images (ink 255; `metax.data.fewshot` scales them), classes in label order, and the
+    ``(classes,)`` alphabet index of each class."""
     examples = [source[i] for i in range(len(source))]
     labels = np.array([int(e["label"]) for e in examples])
     order = np.argsort(labels, kind="stable")
@@ -154,7 +167,7 @@ def classes_from_examples(source, split: str = "") -> tuple[np.ndarray, np.ndarr
 
     def image(e):
         x = np.asarray(e["image"], dtype=np.uint8)
-        return x if x.shape == (IMAGE_SIZE, IMAGE_SIZE, 1) else _resized(x)
+        return x if x.shape == (image_size, image_size, 1) else _resized(x, image_size)
 
     images = np.stack([image(examples[i]) for i in order])
     alphabets = np.array(
@@ -164,13 +177,14 @@ def classes_from_examples(source, split: str = "") -> tuple[np.ndarray, np.ndarr
 
 
 def load_classes(builder: OmniglotZips, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A prepared split of `OmniglotZips` as ``(classes, 20, 28, 28, 1)`` uint8 images and the
-    alphabet of each class (see `classes_from_examples`)."""
+    """A prepared split of `OmniglotZips` as ``(classes, 20, size, size, 1)`` uint8 images (the
+    builder config's size) and the alphabet of each class (see `classes_from_examples`)."""
     if split not in builder.info.splits:
         raise ValueError(
             f"Split {split!r} is not prepared; prepared: {sorted(builder.info.splits)}."
         )
-    return classes_from_examples(builder.as_data_source(split=split), split)
+    size = builder.builder_config.shape[0]
+    return classes_from_examples(builder.as_data_source(split=split), split, size)
 
 
 # Names of the zips' splits in TFDS's standard ``omniglot`` builder.
@@ -196,12 +210,14 @@ def _default(path: str | None, env: str, fallback: str | None) -> str:
     return os.path.expanduser(path)
 
 
-def _split_loader(source: str, manual_dir: str | None, data_dir: str | None):
+def _split_loader(source: str, manual_dir: str | None, data_dir: str | None, image_size: int):
     """``split -> (classes, alphabets)`` for the zips' split names, from either source."""
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"omniglot image_size must be a positive int, got {image_size!r}.")
     data_dir = _default(data_dir, TFDS_DIR_ENV, "~/tensorflow_datasets")
     if source == "zips":
         manual_dir = _default(manual_dir, DATA_DIR_ENV, None)
-        builder = prepare_once_per_host(lambda: prepare(manual_dir, data_dir))
+        builder = prepare_once_per_host(lambda: prepare(manual_dir, data_dir, image_size))
         return lambda split: load_classes(builder, split)
     if source == "tfds":
 
@@ -214,7 +230,7 @@ def _split_loader(source: str, manual_dir: str | None, data_dir: str | None):
                     builder_kwargs={"file_format": "array_record"},
                 )
             )
-            return classes_from_examples(data, split)
+            return classes_from_examples(data, split, image_size)
 
         return load
     raise ValueError(f"omniglot source must be 'zips' or 'tfds', got {source!r}.")
@@ -230,10 +246,11 @@ def omniglot_classes_and_alphabets(
     source: str = "zips",
     manual_dir: str | None = None,
     data_dir: str | None = None,
+    image_size: int = IMAGE_SIZE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The classes of the meta-train (``mode="train"``), meta-validation (``"val"``) or
-    meta-test (``"test"``) set, as ``(classes, 20, 28, 28, 1)`` uint8 images, and each class's
-    alphabet index ``(classes,)``.
+    meta-test (``"test"``) set, as ``(classes, 20, image_size, image_size, 1)`` uint8 images,
+    and each class's alphabet index ``(classes,)``.
 
     ``splits="standard"``: background + evaluation (1,623 characters, background's first, each
     in label order), the first 1,200 for meta-training and the rest for meta-testing
@@ -260,7 +277,7 @@ def omniglot_classes_and_alphabets(
             f"omniglot splits={splits!r} has no meta-validation classes; use "
             f"splits='{splits}_val' for train, val and test samplers alike."
         )
-    load = _split_loader(source, manual_dir, data_dir)
+    load = _split_loader(source, manual_dir, data_dir, image_size)
     if splits.startswith("minimal"):
         small1, alphabets1 = load("small1")
         small2, alphabets2 = load("small2")
@@ -293,9 +310,10 @@ def omniglot_classes(
     source: str = "zips",
     manual_dir: str | None = None,
     data_dir: str | None = None,
+    image_size: int = IMAGE_SIZE,
 ) -> np.ndarray:
-    """The images of `omniglot_classes_and_alphabets`: ``(classes, 20, 28, 28, 1)`` uint8."""
-    return omniglot_classes_and_alphabets(mode, splits, source, manual_dir, data_dir)[0]
+    """The images of `omniglot_classes_and_alphabets`: ``(classes, 20, size, size, 1)`` uint8."""
+    return omniglot_classes_and_alphabets(mode, splits, source, manual_dir, data_dir, image_size)[0]
 
 
 @gin.register(module="metax.data")
@@ -311,17 +329,21 @@ def omniglot(
     data_dir: str | None = None,
     augmentations: Sequence[Augment] = (),
     within_alphabet: bool = False,
+    image_size: int = IMAGE_SIZE,
 ) -> TaskSampler:
-    """N-way K-shot Omniglot episodes (28x28, rotations as extra classes as in the MAML paper)
-    sampled on device; see `omniglot_classes` for the splits and sources. By default the
-    dataset is prepared once, offline, from the zips in ``manual_dir`` (or
-    ``$METAX_OMNIGLOT_DIR``) into ``data_dir`` (or ``$METAX_TFDS_DIR``, default
-    ``~/tensorflow_datasets``); nothing is downloaded unless ``source="tfds"``. Every host
-    loads the whole split (any task may draw any class) and samples only its own tasks.
+    """N-way K-shot Omniglot episodes (``image_size`` square, 28 by default; rotations as extra
+    classes as in the MAML paper) sampled on device; see `omniglot_classes` for the splits
+    and sources. By default the dataset is prepared once per image size, offline, from the
+    zips in ``manual_dir`` (or ``$METAX_OMNIGLOT_DIR``) into ``data_dir`` (or
+    ``$METAX_TFDS_DIR``, default ``~/tensorflow_datasets``); nothing is downloaded unless
+    ``source="tfds"``. Every host loads the whole split (any task may draw any class) and
+    samples only its own tasks.
     ``augmentations``: per-image transforms (`metax.data.fewshot`); none by default, the
     rotations-as-classes are Omniglot's usual augmentation. ``within_alphabet=True``: every
     episode's classes come from one alphabet (the harder protocol of Lake et al.)."""
-    classes, alphabets = omniglot_classes_and_alphabets(mode, splits, source, manual_dir, data_dir)
+    classes, alphabets = omniglot_classes_and_alphabets(
+        mode, splits, source, manual_dir, data_dir, image_size
+    )
     return fewshot(
         classes,
         ways=ways,
