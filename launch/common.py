@@ -146,5 +146,6 @@ def initialize_distributed() -> None:
             jax.local_device_count(),
             jax.device_count(),
         )
-        if jax.process_index() > 0:
-            logging.set_verbosity(logging.WARNING)  # Process 0 speaks for the run.
+        if jax.process_index() > 0 and not flags.FLAGS["verbosity"].present:
+            # Process 0 speaks for the run; an explicit --verbosity keeps every process's log.
+            logging.set_verbosity(logging.WARNING)

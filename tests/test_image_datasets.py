@@ -214,3 +214,36 @@ def test_tiny_mini_imagenet_config_runs_from_the_launcher(mini, tmp_path):
     assert final["best/step"] in (1.0, 2.0) and final["eval/num_tasks"] == 8
     accuracy = final["eval/steps_1/accuracy"]
     assert 0 <= accuracy <= 1 and np.isfinite(final["eval/steps_1/accuracy_ci95"])
+
+
+def test_tiny_config_runs_host_fed_on_two_processes_each_building_its_share(mini, tmp_path):
+    """The tiny config, host-fed, as 2 processes x 2 devices on 127.0.0.1 (a 2-host pod
+    slice): each process builds only the 4 tasks of its own devices, the run ends with the
+    validation-selected meta-test report."""
+    from test_multihost import free_port, run_processes
+
+    manual, data_dir = mini
+    workdir, port = tmp_path / "run", free_port()
+    commands = [
+        [
+            sys.executable,
+            "-m",
+            "launch.train",
+            "--gin_file=configs/maml_miniimagenet_tiny.gin",
+            f"--workdir={workdir}",
+            "--gin_bindings=metax.data.mini_imagenet.feed = 'host'",
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            "--verbosity=0",
+        ]  # fmt: skip
+        for i in range(2)
+    ]
+    env = dict(METAX_MINIIMAGENET_DIR=manual, METAX_TFDS_DIR=data_dir)
+    outputs = run_processes(commands, env_vars=env, devices_per_process=2)
+    for i, output in enumerate(outputs):
+        share = ",".join(map(str, range(4 * i, 4 * i + 4)))
+        assert f"process {i} builds tasks {share} of each meta-batch of 8" in output, output[-3000:]
+    final = json.loads((workdir / "final_metrics.json").read_text())
+    assert final["eval/num_tasks"] == 8 and final["best/step"] in (1.0, 2.0)
+    assert np.isfinite(final["eval/steps_1/loss"])

@@ -36,9 +36,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(commands, env_vars=None, timeout=240):
+def run_processes(commands, env_vars=None, timeout=240, devices_per_process=4):
     """Starts one subprocess per command, waits for all, kills all on timeout or failure."""
-    env = dict(os.environ, XLA_FLAGS=with_device_count(4), **(env_vars or {}))
+    env = dict(os.environ, XLA_FLAGS=with_device_count(devices_per_process), **(env_vars or {}))
     procs = [
         subprocess.Popen(
             c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -97,7 +97,11 @@ def meta_batches(
     steps = grain.MapDataset.range(first_step, last_step)
     built = steps.map(lambda step: host_meta_batch(sampler, seed, stream, step, mine))
     ahead = built.to_iter_dataset(
-        grain.ReadOptions(num_threads=sampler.num_threads, prefetch_buffer_size=sampler.prefetch)
+        # Grain runs at most prefetch_buffer_size builders at once.
+        grain.ReadOptions(
+            num_threads=sampler.num_threads,
+            prefetch_buffer_size=max(sampler.prefetch, sampler.num_threads),
+        )
     )
     lifted = ahead.map(lambda local: lift(local, tasks, num_tasks))
     return iter(

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from metax.data import host
 from metax.data.base import MetaBatch, TaskSampler, sample_meta_batch
@@ -130,6 +131,13 @@ def train_batches(
 ) -> Iterator[MetaBatch]:
     """The host-fed meta-batches of steps ``first_step .. last_step - 1`` of a run, built
     ahead (`metax.data.host.meta_batches`)."""
+    mine = host.local_task_ids(sharding.task_sharded(mesh), meta_batch_size)
+    logging.info(
+        "Host feed: process %d builds tasks %s of each meta-batch of %d.",
+        jax.process_index(),
+        ",".join(map(str, mine)),
+        meta_batch_size,
+    )
     return host.meta_batches(
         sampler, seed, TRAIN_DATA, first_step, last_step, meta_batch_size, mesh
     )
