@@ -71,9 +71,7 @@ def image_config(size: int) -> ImageConfig:
 
 class OmniglotZips(tfds.core.GeneratorBasedBuilder):
     """Omniglot from local copies of the original zips (see the module docstring); its config
-    (`image_config`) sets the image size."""
-
-    BUILDER_CONFIGS = [image_config(IMAGE_SIZE)]
+    (`image_config`, required) sets the image size."""
 
     VERSION = tfds.core.Version("1.0.0")
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
