@@ -8,7 +8,8 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # LLVM -O0 for the tests' programs: compiling dominates the suite (many small programs run a
-# few times) and -O0 halved it (conv4 tests 33 s -> 17 s; whole suite 1175 s -> 903 s).
+# few times) and -O0 halves compile-bound tests (conv4 tests 33 s -> 17 s; the whole suite
+# 1175 s -> 903 s, the first run sharing the machine with other work).
 # Same HLO, same float semantics; a run that sets the level itself keeps it.
 if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
