@@ -118,7 +118,7 @@ def test_sigkill_at_a_random_step_then_resume_ends_bitwise_equal(uninterrupted, 
     killed_at = checkpoint_steps(workdir)
     assert killed_at[-1] < STEPS, (target, killed_at)  # Killed mid-run.
     resumed = run(workdir)
-    assert f"Resumed from the checkpoint of step {killed_at[-1]}" in resumed.stderr
+    assert f"metax: resumed from the checkpoint of step {killed_at[-1]}" in resumed.stdout
     assert final_metrics(workdir) == final_metrics(uninterrupted)
     assert_trees_equal(meta_params(workdir, STEPS), meta_params(uninterrupted, STEPS))
 
@@ -126,7 +126,7 @@ def test_sigkill_at_a_random_step_then_resume_ends_bitwise_equal(uninterrupted, 
 def test_sigterm_saves_the_current_step_and_exits_0(uninterrupted, tmp_path):
     workdir = tmp_path / "preempted"
     process, log = start(workdir, ["train.num_steps = 100000", "train.checkpoint_every = 1000"])
-    wait_for(lambda: "Training from step 0" in log.read_text(), process)
+    wait_for(lambda: "metax: compiled and ran the first meta-step" in log.read_text(), process)
     time.sleep(1.0)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
@@ -155,7 +155,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(uninterrupted, t
     )
     resumed = run(workdir, [f"train.num_steps = {STEPS + 5}"])
     assert f"The checkpoint of step {STEPS} is unreadable" in resumed.stderr
-    assert f"Resumed from the checkpoint of step {STEPS - 5}" in resumed.stderr
+    assert f"metax: resumed from the checkpoint of step {STEPS - 5}" in resumed.stdout
     assert (workdir / "corrupt_checkpoints" / str(STEPS)).exists()  # Set aside, not deleted.
     assert checkpoint_steps(workdir) == [STEPS, STEPS + 5]
     # The last 5 steps were replayed: the same meta-parameters as the uninterrupted run's.
@@ -186,7 +186,7 @@ def test_nonfinite_update_stops_the_run_and_keeps_the_last_good_checkpoint(unint
     stored = (workdir / "config.gin").read_text()
     diverging = ["inner/optax.sgd.learning_rate = 1e30", f"train.num_steps = {STEPS + 10}"]
     failed = run(workdir, diverging, flags=["--allow_config_change"], ok=False)
-    assert f"Resumed from the checkpoint of step {STEPS}" in failed.stderr
+    assert f"metax: resumed from the checkpoint of step {STEPS}" in failed.stdout
     assert (workdir / "config.gin").read_text() == stored  # Never overwritten,
     assert "learning_rate = 1e+30" in (workdir / "config.1.gin").read_text()  # stored beside.
     assert failed.returncode != 0 and "Traceback" not in failed.stderr

@@ -169,7 +169,7 @@ def test_sigterm_on_two_processes_saves_the_same_step_and_resumes_bitwise(tmp_pa
     ]
     try:
         deadline = time.time() + 120
-        while "Training from step 0" not in logs[0].read_text():
+        while "metax: compiled and ran the first meta-step" not in logs[0].read_text():
             assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
             assert time.time() < deadline, "timed out waiting for training to start"
             time.sleep(0.05)
@@ -197,7 +197,7 @@ def test_sigterm_on_two_processes_saves_the_same_step_and_resumes_bitwise(tmp_pa
         for folder, port in ((workdir, free_port()), (tmp_path / "uninterrupted", free_port()))
     }
     resumed = outputs[workdir]
-    assert f"Resumed from the checkpoint of step {step}" in resumed[0], resumed[0][-2000:]
+    assert f"metax: resumed from the checkpoint of step {step}" in resumed[0], resumed[0][-2000:]
     assert checkpoint_steps(tmp_path / "uninterrupted") == [step + 20]
     assert checkpoint_steps(workdir) == [step, step + 20]
     jax.tree.map(

@@ -34,20 +34,24 @@ from metax.data.host import HostTaskSampler
 from metax.learner.base import Learner, evaluation_settings
 from metax.train import figures, sharding
 from metax.train import workdir as run_dir
+from metax.train.console import Console
 from metax.train.evaluation import Evaluator
 from metax.train.signals import StopSignals
 from metax.train.step import (
+    EVAL_DATA,
     FIGURE,
     NONFINITE,
     abstract_state,
     fetch,
-    first_train_episode,
+    first_episode,
     is_host_fed,
     make_train_step,
     train_batches,
 )
 
 REGRESSION_FIGURE = "regression_tasks.png"
+EPISODE_FIGURE = "held_out_episode.png"
+FIGURES = (REGRESSION_FIGURE, EPISODE_FIGURE)
 
 
 def _check_positive(**numbers: int) -> None:
@@ -99,6 +103,7 @@ def train(
     allow_config_change: bool = False,
     val_sampler: TaskSampler | HostTaskSampler | None = None,
     select_metric: str | None = None,
+    verbose: bool = True,
 ) -> dict[str, float]:
     """Meta-trains ``learner`` on tasks from ``train_sampler`` and evaluates on held-out tasks.
 
@@ -133,6 +138,8 @@ def train(
       select_metric: the validation metric to select by, e.g. ``"val/steps_5/accuracy"``
         (maximized; any other name is minimized). Default: the loss of the learner's last
         evaluation setting (``val/steps_<max eval_inner_steps>/loss``).
+      verbose: process 0 prints progress to stdout (`metax.train.console`: a progress bar
+        on a terminal, a line every ``log_every`` steps otherwise) and a summary at the end.
 
     Returns:
       The final metrics (also written to ``workdir/final_metrics.json``); after SIGTERM or
@@ -162,12 +169,18 @@ def train(
     sharding.check_divisible(eval_batch_size, mesh, what="evaluation batch (train.eval_batch_size)")
     workdir = run_dir.resolve(workdir)
     run_dir.check_writable(workdir)
-    episode = first_train_episode(train_sampler, seed)
+    episode = first_episode(train_sampler, seed)
     if learner.meta_model is not None:
         checks.check_model_fits_data(learner.meta_model, episode)
-    run_dir.check_and_store_config(workdir, gin.operative_config_str(), allow_config_change)
+    config = gin.operative_config_str()
+    run_dir.check_and_store_config(workdir, config, allow_config_change)
+    train_arguments = {
+        "train.meta_batch_size": meta_batch_size,
+        "train.num_steps": num_steps,
+        "train.seed": seed,
+    }
 
-    from clu import metric_writers, periodic_actions  # Imports TensorFlow: only when training.
+    from metax.train import writers  # Imports clu and TensorFlow: only when training.
 
     is_chief = jax.process_index() == 0
     start_time = time.time()
@@ -194,6 +207,9 @@ def train(
             split="val",
         )
         best = run_dir.best_checkpoint_manager(workdir, select_metric, select_mode)
+    console = Console(
+        enabled=is_chief and verbose, num_steps=num_steps, meta_batch_size=meta_batch_size
+    )
     checkpoints = run_dir.checkpoint_manager(workdir, max_checkpoints_to_keep)
     restored, latest = run_dir.restore_latest(checkpoints, abstract_state(init, mesh))
     if restored is None:
@@ -201,14 +217,12 @@ def train(
     else:
         state = restored
         logging.info("Resumed from the checkpoint of step %d in %s.", latest, workdir)
+        console.say(f"resumed from the checkpoint of step {latest} (of {num_steps}).")
 
-    writer = metric_writers.create_default_writer(
-        str(workdir), just_logging=not is_chief, asynchronous=True
-    )
-    progress = periodic_actions.ReportProgress(
-        num_train_steps=num_steps, writer=writer, every_steps=log_every
-    )
+    writer = writers.create_writer(workdir, is_chief)
     step = int(fetch(state.step))
+    if is_chief:
+        _describe_run(writer, step, state, config, train_arguments, console)
     if step == 0 and is_chief and figures.is_image_episode(episode):
         writer.write_images(0, {"episode": figures.episode_grid(episode)[None]})
     history, train_metrics = [], {}
@@ -237,9 +251,16 @@ def train(
         run_step = train_step
     try:
         with StopSignals() as signals:
+            if step < num_steps:
+                console.start(step)
             while step < num_steps:
                 state, metrics = run_step(state)
                 step += 1
+                if console.compile_seconds is None:
+                    jax.block_until_ready(metrics)
+                    console.compiled(step)
+                else:
+                    console.step()
                 if history:
                     # At most two steps in flight: wait (no copy) for the previous one.
                     # Unbounded queues of multi-device executions deadlock XLA:CPU's
@@ -251,21 +272,30 @@ def train(
                 if step % log_every == 0 or step == num_steps:
                     # The only device-to-host copy of the loop: the interval's metrics.
                     train_metrics = check_history()
-                    writer.write_scalars(step, train_metrics)
-                progress(step)
+                    speed = console.interval_speed(step)
+                    rates = (
+                        {}
+                        if speed is None
+                        else {"steps_per_sec": speed, "tasks_per_sec": speed * meta_batch_size}
+                    )
+                    writer.write_scalars(step, {**train_metrics, **rates})
+                    console.logged(step, train_metrics, speed)
                 if step % eval_every == 0 and step < num_steps and not stop:
-                    if validator is None:
-                        writer.write_scalars(step, evaluator(state))
-                    else:
-                        writer.write_scalars(
-                            step, _validate(validator, best, select_metric, state, step)
-                        )
+                    with console.paused():
+                        if validator is None:
+                            results, split = evaluator(state), "eval"
+                        else:
+                            results = _validate(validator, best, select_metric, state, step)
+                            split = "val"
+                    writer.write_scalars(step, results)
+                    console.evaluated(step, results, split)
                 if step % checkpoint_every == 0 or step == num_steps or stop:
                     if history:
                         check_history()  # Never checkpoint past a non-finite step.
                     checkpoints.save(step, args=ocp.args.StandardSave(state))
                 if stop:
                     break
+        console.training_done()
         checkpoints.wait_until_finished()
         if signals.received is not None:
             logging.warning(
@@ -292,11 +322,12 @@ def train(
             )
             final["best/step"] = float(best_step)
             logging.info("Evaluating the best checkpoint by %s: step %d.", select_metric, best_step)
+        console.say(f"final evaluation on {evaluator.num_tasks} meta-test tasks ...")
         final.update(evaluator(state))
         writer.write_scalars(
             step, {k: v for k, v in final.items() if k.startswith(("eval/", "val/", "best/"))}
         )
-        _write_regression_figure(
+        _write_final_figure(
             learner,
             state,
             eval_sampler or train_sampler,
@@ -306,6 +337,7 @@ def train(
             writer,
             workdir,
             is_chief,
+            console,
         )
     finally:
         # One shutdown for every exit (end, signal, error): pending saves finish, files close.
@@ -318,7 +350,29 @@ def train(
     if is_chief:
         (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))
     logging.info("Final metrics: %s", json.dumps(final, sort_keys=True))
+    outputs = ["TensorBoard events", "checkpoints/", "final_metrics.json", "config.gin"]
+    outputs += [name for name in FIGURES if (workdir / name).exists()]
+    console.summary(final, workdir, outputs)
     return final
+
+
+def _describe_run(
+    writer, step: int, state, config: str, train_arguments: dict, console: Console
+) -> None:
+    """TensorBoard's record of what runs: the gin config as text, its bindings as hparams,
+    and the meta-parameters' overview (names, shapes, sizes)."""
+    from clu import parameter_overview
+
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.meta_params)
+    overview = parameter_overview.get_parameter_overview(shapes, include_stats=False)
+    count = parameter_overview.count_parameters(shapes)
+    logging.info("Meta-parameters (%d):\n%s", count, overview)
+    console.say(f"{count:,} meta-parameters in {len(jax.tree.leaves(shapes))} arrays.")
+    texts = {"meta_parameters": f"{count:,} meta-parameters\n\n```\n{overview}\n```"}
+    if config:
+        texts["config"] = gin.markdown(config)
+    writer.write_texts(step, texts)
+    writer.write_hparams({**train_arguments, **run_dir.hparams(config)})
 
 
 def selection_metric(learner, eval_inner_steps, val_sampler, select_metric):
@@ -352,20 +406,30 @@ def _validate(validator, best, select_metric: str, state, step: int) -> dict[str
     return results
 
 
-def _write_regression_figure(
-    learner, state, sampler, seed, step, inner_steps, writer, workdir, is_chief
+def _write_final_figure(
+    learner, state, sampler, seed, step, inner_steps, writer, workdir, is_chief, console
 ):
-    """For regression tasks with a ground truth: a few held-out tasks before and after
-    adaptation, to TensorBoard and ``workdir/regression_tasks.png``."""
-    if not figures.has_regression_curves(learner, sampler):
-        return
-    curves = figures.regression_curves(
-        learner, state, sampler, jax.random.fold_in(jax.random.key(seed), FIGURE), inner_steps
-    )
-    image = figures.regression_figure(
-        figures.RegressionCurves(*fetch(tuple(curves))),
-        title=f"held-out tasks after {step} meta-steps, {inner_steps} inner steps",
-    )
-    writer.write_images(step, {"regression_tasks": image[None]})
+    """What adaptation does, for a person, to TensorBoard and the workdir: for regression
+    tasks with a ground truth, a few held-out tasks before and after adaptation
+    (``regression_tasks.png``); for image classification, the first held-out episode with
+    each query marked right or wrong after adaptation (``held_out_episode.png``)."""
+    key = jax.random.fold_in(jax.random.key(seed), FIGURE)
+    title = f"held-out tasks after {step} meta-steps, {inner_steps} inner steps"
+    if figures.has_regression_curves(learner, sampler):
+        console.say("drawing held-out tasks before and after adaptation ...")
+        curves = figures.regression_curves(learner, state, sampler, key, inner_steps)
+        image = figures.regression_figure(figures.RegressionCurves(*fetch(tuple(curves))), title)
+        name, tag = REGRESSION_FIGURE, "regression_tasks"
+    else:
+        episode = first_episode(sampler, seed, EVAL_DATA)
+        if not figures.can_draw_adapted_episode(learner, episode):
+            return
+        console.say("drawing a held-out episode after adaptation ...")
+        predictions = fetch(
+            figures.adapted_query_predictions(learner, state, episode, key, inner_steps)
+        )
+        image = figures.episode_grid(episode, predictions)
+        name, tag = EPISODE_FIGURE, "held_out_episode"
+    writer.write_images(step, {tag: image[None]})
     if is_chief:
-        figures.save_png(image, workdir / REGRESSION_FIGURE)
+        figures.save_png(image, workdir / name)

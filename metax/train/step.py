@@ -11,6 +11,7 @@ from absl import logging
 from metax.data import host
 from metax.data.base import MetaBatch, TaskSampler, sample_meta_batch
 from metax.learner.base import Learner, MetaState
+from metax.learner.optimizers import injected_learning_rates
 from metax.train import sharding
 from metax.types import Metrics
 
@@ -53,6 +54,17 @@ def guard_nonfinite(meta_step):
     return guarded
 
 
+def report_learning_rates(meta_step):
+    """Wraps ``meta_step`` to add the outer learning rate to its metrics, where the outer
+    optimizer keeps it in its state (`metax.learner.inject_hyperparams`)."""
+
+    def reporting(state: MetaState, *args) -> tuple[MetaState, Metrics]:
+        new_state, metrics = meta_step(state, *args)
+        return new_state, {**metrics, **injected_learning_rates(new_state.opt_state)}
+
+    return reporting
+
+
 def is_host_fed(sampler) -> bool:
     """Whether ``sampler`` builds tasks on the host (`metax.data.host.HostTaskSampler`)."""
     return isinstance(sampler, host.HostTaskSampler)
@@ -83,7 +95,7 @@ def make_train_step(
     root_key = jax.random.key(seed)
     data_key = jax.random.fold_in(root_key, TRAIN_DATA)
     step_key = jax.random.fold_in(root_key, TRAIN_STEP)
-    guarded_step = guard_nonfinite(learner.meta_step)
+    guarded_step = guard_nonfinite(report_learning_rates(learner.meta_step))
 
     if is_host_fed(sampler):
         init_from = jax.jit(
@@ -143,12 +155,13 @@ def train_batches(
     )
 
 
-def first_train_episode(sampler: TaskSampler | host.HostTaskSampler, seed: int):
-    """Task 0 of meta-step 0 of a run (as host arrays): what the model is fed first."""
+def first_episode(sampler: TaskSampler | host.HostTaskSampler, seed: int, stream: int = TRAIN_DATA):
+    """Task 0 of batch 0 of a key stream of the run (as host arrays): by default what the
+    model is fed first; with ``stream=EVAL_DATA``, the first held-out evaluation task."""
     if is_host_fed(sampler):
-        batch = host.scale_images(host.host_meta_batch(sampler, seed, TRAIN_DATA, 0, np.arange(1)))
+        batch = host.scale_images(host.host_meta_batch(sampler, seed, stream, 0, np.arange(1)))
         return jax.tree.map(lambda x: x[0], batch)
-    data_key = jax.random.fold_in(jax.random.key(seed), TRAIN_DATA)
+    data_key = jax.random.fold_in(jax.random.key(seed), stream)
     batch = jax.jit(lambda: sample_meta_batch(sampler, jax.random.fold_in(data_key, 0), 1))()
     return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(batch))
 
