@@ -1,17 +1,31 @@
-"""What the entry points share: gin parsing with 'did you mean' errors, multi-process start-up,
-and one-line messages for the errors a user can fix."""
+"""What the entry points share: gin file lookup and parsing with 'did you mean' errors, a quiet
+terminal, multi-process start-up, and one-line messages for the errors a user can fix."""
 
+import contextlib
 import difflib
+import importlib.util
 import inspect
 import logging as logging_std
 import os
+import pkgutil
 import re
 import sys
+from collections.abc import Iterator
 
 import gin
 from absl import app, flags, logging
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# metax's own gin files, shipped in the package (metax/configs; in a checkout a link to configs/).
+CONFIGS_DIR = os.path.join(
+    importlib.util.find_spec("metax").submodule_search_locations[0], "configs"
+)
+
+_GIN_SEARCH_PATHS = flags.DEFINE_list(
+    "gin_search_paths",
+    [],
+    "Folders searched, in order, for --gin_file and gin `include` paths not found as given "
+    f"(relative to the working directory); metax's own configs ({CONFIGS_DIR}) come last.",
+)
 
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address",
@@ -44,46 +58,147 @@ class QuietLibraries(logging_std.Filter):
 RENAMED_GIN_MODULE, NEW_GIN_MODULE = "metax.module.", "metax.meta_models."
 
 
-def _configurables() -> dict[str, object]:
-    """Every registered configurable under its full and its short name."""
-    names = {}
-    for configurable in gin.config._REGISTRY._selector_map.values():  # noqa: SLF001
-        names[configurable.selector] = configurable
-        names.setdefault(configurable.name, configurable)
+# The gin modules configurables are registered under (`metax.train.configurables`).
+GIN_MODULES = (
+    "metax.data",
+    "metax.energy",
+    "metax.learner",
+    "metax.meta_models",
+    "metax.nn",
+    "metax.train",
+    "optax",
+    "jax.nn",
+)
+
+
+def configurable_names() -> dict[str, set[str]]:
+    """``gin module -> names registered in it``, found through gin's public lookup
+    (`gin.get_configurable`) among the functions of metax, optax and jax.nn."""
+    import jax
+    import optax
+
+    import metax
+
+    functions = {name for module in (optax, jax.nn) for name in dir(module)}
+    for info in pkgutil.walk_packages(metax.__path__, "metax."):
+        module = sys.modules.get(info.name)
+        if module is not None:
+            functions.update(n for n, v in vars(module).items() if inspect.isfunction(v))
+    names: dict[str, set[str]] = {}
+    for module in GIN_MODULES:
+        for name in functions:
+            try:
+                gin.get_configurable(f"{module}.{name}")
+            except ValueError:
+                continue
+            names.setdefault(module, set()).add(name)
     return names
 
 
-def _did_you_mean(name: str, candidates) -> str:
-    close = difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
+def _close(name: str, candidates) -> list[str]:
+    return difflib.get_close_matches(name, sorted(candidates), n=3, cutoff=0.6)
+
+
+def _did_you_mean(close: list[str]) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def suggest_configurable(selector: str) -> list[str]:
+    """Registered names close to an unknown ``[scope/]module.name`` or ``name``: the name is
+    compared within its module only (a typo of ``maml`` suggests no other learner); a
+    misspelt module, with the same name in the closest modules."""
+    selector = selector.rpartition("/")[2]
+    names = configurable_names()
+    module, _, name = selector.rpartition(".")
+    if not module:
+        return _close(name, set().union(*names.values()))
+    if module in names:
+        return [f"{module}.{n}" for n in _close(name, names[module])]
+    return [f"{m}.{name}" for m in _close(module, names) if name in names[m]]
 
 
 def gin_error_message(error: Exception) -> str:
     """A gin parse error as one line, with the closest valid names for a typo."""
     first = str(error).strip().splitlines()[0]
-    configurables = _configurables()
     unknown = re.match(r"No configurable matching '([^']+)'", first)
     if unknown and unknown.group(1).startswith(RENAMED_GIN_MODULE):
         new = NEW_GIN_MODULE + unknown.group(1)[len(RENAMED_GIN_MODULE) :]
         return f"{first}: metax.module was renamed metax.meta_models; write '{new}'."
     if unknown:
-        return first + _did_you_mean(unknown.group(1), configurables)
+        return first + _did_you_mean(suggest_configurable(unknown.group(1)))
     unknown = re.match(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", first)
-    if unknown and unknown.group(1) in configurables:
-        wrapped = configurables[unknown.group(1)].wrapped
-        parameters = inspect.signature(wrapped).parameters
-        return first + _did_you_mean(unknown.group(2), parameters)
+    if unknown:
+        try:
+            configurable = gin.get_configurable(unknown.group(1))
+        except ValueError:
+            return first
+        parameters = inspect.signature(configurable).parameters
+        return first + _did_you_mean(_close(unknown.group(2), parameters))
     return first
+
+
+@contextlib.contextmanager
+def _stderr_discarded() -> Iterator[None]:
+    """Sends file descriptor 2 (C++ logging included) to /dev/null inside."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def quiet_by_default() -> None:
+    """Shows warnings and errors only, unless --verbosity is given: the run's progress is
+    printed to stdout (`metax.train.console`), and INFO logs (clu's metric lines, JAX's
+    backend probing, orbax) are for log files. Drops orbax's and gin's INFO chatter even then."""
+    logging.get_absl_handler().addFilter(QuietLibraries())
+    if flags.FLAGS["verbosity"].present:
+        return
+    logging.set_verbosity(logging.WARNING)
+    # TensorFlow (imported by clu and tfds) logs INFO lines from C++ at import, before its
+    # log level applies (TF_CPP_MIN_LOG_LEVEL does not silence them); nothing else is printed
+    # there, and an import error is raised (and shown) after stderr is back.
+    with contextlib.suppress(ImportError), _stderr_discarded():
+        import tensorflow  # noqa: F401
+
+
+def gin_search_paths() -> list[str]:
+    """Where gin files are looked up after the path as given: --gin_search_paths, then
+    metax's own configs."""
+    return [*_GIN_SEARCH_PATHS.value, CONFIGS_DIR]
+
+
+def find_gin_file(path: str) -> str:
+    """``path`` as given if it is a file, else the first ``<search path>/<path>`` that is;
+    exits with a message naming the places looked in."""
+    for prefix in ["", *gin_search_paths()]:
+        candidate = os.path.join(prefix, path)
+        if os.path.isfile(candidate):
+            return candidate
+    places = ", ".join([os.getcwd(), *gin_search_paths()])
+    sys.exit(
+        f"Error: gin file {path!r} not found; looked in {places}. metax's own configs are "
+        f"named relative to {CONFIGS_DIR} (e.g. --gin_file=maml_sinusoid.gin); add folders "
+        f"with --gin_search_paths."
+    )
+
+
+def add_gin_search_paths() -> None:
+    """The same lookup for gin `include` statements."""
+    for path in gin_search_paths():
+        gin.add_config_file_search_path(path)
 
 
 def parse_gin(gin_files: list[str], gin_bindings: list[str]) -> None:
     """Parses gin files and bindings; exits with a one-line message on any config error."""
     import metax.train  # noqa: F401  (registers every configurable)
 
-    gin.add_config_file_search_path(CONFIGS_DIR)
-    for path in gin_files:
-        if not os.path.exists(path):
-            sys.exit(f"Error: gin file {path!r} does not exist (looked in {os.getcwd()}).")
+    gin_files = [find_gin_file(path) for path in gin_files]
+    add_gin_search_paths()
     try:
         gin.parse_config_files_and_bindings(gin_files, gin_bindings, skip_unknown=False)
     except (ValueError, KeyError, SyntaxError, OSError) as error:
@@ -146,6 +261,3 @@ def initialize_distributed() -> None:
             jax.local_device_count(),
             jax.device_count(),
         )
-        if jax.process_index() > 0 and not flags.FLAGS["verbosity"].present:
-            # Process 0 speaks for the run; an explicit --verbosity keeps every process's log.
-            logging.set_verbosity(logging.WARNING)

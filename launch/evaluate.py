@@ -14,14 +14,15 @@ import json
 import sys
 
 import gin
-from absl import app, flags, logging
+from absl import app, flags
 
+from launch import common
 from launch.common import (
-    CONFIGS_DIR,
     USER_ERRORS,
-    QuietLibraries,
+    add_gin_search_paths,
     gin_error_message,
     initialize_distributed,
+    quiet_by_default,
     user_message,
 )
 
@@ -41,11 +42,13 @@ _GIN_BINDINGS = flags.DEFINE_multi_string(
     "gin_bindings", [], "Bindings applied after the stored config, e.g. 'train.seed=1'."
 )
 
+flags.adopt_module_key_flags(common)  # --help lists the search-path and multi-process flags.
+
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(QuietLibraries())
+    quiet_by_default()
     import metax.train
     from metax.train import workdir as run_dir
 
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> None:
     config = run_dir.stored_config(workdir)
     if config is None:
         sys.exit(f"Error: {workdir} holds no metax run (no config.gin); pass a run's --workdir.")
-    gin.add_config_file_search_path(CONFIGS_DIR)
+    add_gin_search_paths()
     try:
         gin.parse_config(config)
         gin.parse_config_files_and_bindings([], _GIN_BINDINGS.value, skip_unknown=False)

@@ -3,9 +3,12 @@ r"""Runs an experiment from gin files: parses flags and gin, then calls `metax.t
   python -m launch.train --gin_file=configs/maml_sinusoid.gin \
       [--gin_bindings='train.num_steps=1000'] [--workdir=runs/my_run]
 
-Gin files may ``include`` files relative to ``configs/`` (e.g. ``include 'data/sinusoid.gin'``).
-Unknown configurables or parameters are errors. Without ``--workdir`` a new folder
-``runs/<config name>_<time>`` is created and printed.
+A gin file (``--gin_file`` or an ``include``) is looked up as given, then in each
+``--gin_search_paths`` folder, then in metax's own configs (shipped in the package; in a
+checkout, ``configs/``): ``--gin_file=maml_sinusoid.gin`` works from any folder, and
+``include 'data/sinusoid.gin'`` finds metax's data configs. Unknown configurables or parameters
+are errors. Without ``--workdir`` a new folder ``runs/<config name>_<time>`` is created.
+Progress goes to stdout; logs (``--verbosity=0`` for INFO) to stderr.
 """
 
 import os
@@ -14,11 +17,12 @@ import time
 
 from absl import app, flags, logging
 
+from launch import common
 from launch.common import (
     USER_ERRORS,
-    QuietLibraries,
     initialize_distributed,
     parse_gin,
+    quiet_by_default,
     user_message,
 )
 
@@ -37,6 +41,7 @@ _WORKDIR = flags.DEFINE_string(
     None,
     "Output folder; an existing run there is resumed. Default: runs/<config>_<time>.",
 )
+flags.adopt_module_key_flags(common)  # --help lists the search-path and multi-process flags.
 
 
 def default_workdir(gin_files: list[str]) -> str:
@@ -47,7 +52,7 @@ def default_workdir(gin_files: list[str]) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(QuietLibraries())
+    quiet_by_default()
     parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value)
     initialize_distributed()
     import jax

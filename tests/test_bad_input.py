@@ -54,6 +54,22 @@ def test_unknown_configurable_names_the_closest_one(tmp_path):
     )
 
 
+def test_suggestions_stay_within_the_module_of_the_typo():
+    """A misspelt learner suggests learners close to it, not every name that shares the
+    'metax.learner.' prefix; a misspelt module suggests the name in the closest modules."""
+    import metax.train.configurables  # noqa: F401
+    from launch.common import suggest_configurable
+
+    assert suggest_configurable("metax.learner.mml") == ["metax.learner.maml"]
+    assert suggest_configurable("metax.lerner.reptil") == []
+    assert suggest_configurable("metax.lerner.reptile") == ["metax.learner.reptile"]
+    assert suggest_configurable("outer/optax.adm")[0] == "optax.adam"
+    assert suggest_configurable("optax.warmup_cosine_decay")[0] == (
+        "optax.warmup_cosine_decay_schedule"
+    )
+    assert suggest_configurable("learned_innit")[0] == "learned_init"
+
+
 def test_unknown_parameter_names_the_closest_one(tmp_path):
     line = launch_error(
         tmp_path, [f"--gin_file={QUICK}", "--gin_bindings=metax.learner.maml.first_ordr = True"]
@@ -63,7 +79,8 @@ def test_unknown_parameter_names_the_closest_one(tmp_path):
 
 def test_missing_gin_file(tmp_path):
     line = launch_error(tmp_path, ["--gin_file=configs/no_such_experiment.gin"])
-    assert "gin file 'configs/no_such_experiment.gin' does not exist" in line
+    assert "gin file 'configs/no_such_experiment.gin' not found; looked in" in line
+    assert "add folders with --gin_search_paths" in line
 
 
 def test_missing_required_binding_says_what_to_bind(tmp_path):
