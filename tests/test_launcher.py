@@ -52,7 +52,12 @@ def finished_run(tmp_path_factory):
 
 
 def test_run_writes_config_events_checkpoints_and_final_metrics(finished_run):
-    workdir, _ = finished_run
+    workdir, result = finished_run
+    # Not a terminal: a plain line per log interval, the summary, no library noise.
+    assert "metax: step 10/20 (50%)   outer/loss " in result.stdout
+    assert "metax: done: 20 meta-steps in" in result.stdout
+    for noise in ("oneDNN", "absl::InitializeLog", "libtpu", "INFO"):
+        assert noise not in result.stdout + result.stderr, noise
     assert "train.num_steps = 20" in (workdir / "config.gin").read_text()
     assert glob.glob(str(workdir / "events.out.tfevents.*"))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
@@ -65,6 +70,29 @@ def test_run_writes_config_events_checkpoints_and_final_metrics(finished_run):
         "train/outer/loss",
     ):
         assert np.isfinite(metrics[key]), key
+
+
+def test_tensorboard_holds_classic_scalars_the_config_hparams_and_parameter_overview(
+    finished_run,
+):
+    """What TensorBoard readers find: classic scalar events (EventAccumulator.Scalars, not
+    only tensors), the operative config and the meta-parameter table as text, hparams."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir, _ = finished_run
+    events = EventAccumulator(str(workdir), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    losses = events.Scalars("train/outer/loss")
+    assert [e.step for e in losses] == [10, 20] and all(np.isfinite(e.value) for e in losses)
+    assert [e.step for e in events.Scalars("steps_per_sec")] == [10, 20]
+    assert [e.step for e in events.Scalars("eval/steps_2/loss")] == [10, 20]
+    tensors = events.Tags()["tensors"]
+    assert {"config", "meta_parameters", "_hparams_/session_start_info"} <= set(tensors)
+    (table,) = events.Tensors("meta_parameters")
+    text = table.tensor_proto.string_val[0].decode()
+    assert text.startswith("1,761 meta-parameters") and "init/layer_1/w" in text
+    (config,) = events.Tensors("config")
+    assert "train.num_steps = 20" in config.tensor_proto.string_val[0].decode()
 
 
 def test_one_and_eight_devices_give_the_same_numbers(finished_run, tmp_path):

@@ -49,4 +49,5 @@ def anil(
         outer_energy,
         reset_keys=frozenset({"head_init"}),
         energy_keys=frozenset({"body"}),
+        query_is_training=batch_norm == "transductive",
     )

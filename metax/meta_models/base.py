@@ -26,7 +26,9 @@ class MetaModel(NamedTuple):
     not checked): ``reset_keys``, the top-level keys of ``meta_params`` that set the task's
     initial parameters, and ``energy_keys``, those the inner energy depends on directly;
     ``optimizer_keys``, those only the inner optimizer reads (learned inner learning rates,
-    see `metax.meta_models.learned_rates`).
+    see `metax.meta_models.learned_rates`); ``query_is_training``, the ``is_training`` the
+    outer energy applies the model with on a query set (False under ``batch_norm="per_task"``),
+    so that predictions drawn for a person match what is scored.
     """
 
     init: Callable[[PRNGKey, Array], tuple[Params, State]]
@@ -37,6 +39,7 @@ class MetaModel(NamedTuple):
     reset_keys: frozenset[str] | None = None
     energy_keys: frozenset[str] | None = None
     optimizer_keys: frozenset[str] = frozenset()
+    query_is_training: bool = True
 
 
 BATCH_NORM_MODES = ("transductive", "per_task")

@@ -64,4 +64,5 @@ def cavia(
         outer_energy,
         reset_keys=frozenset(),
         energy_keys=frozenset({"network"}),
+        query_is_training=batch_norm == "transductive",
     )

@@ -67,4 +67,5 @@ def complex_synapse(
         outer_energy,
         reset_keys=frozenset({"omega"}),
         energy_keys=frozenset({"omega"} if l2_fixed else {"omega", "log_lambda"}),
+        query_is_training=batch_norm == "transductive",
     )

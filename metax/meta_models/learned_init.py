@@ -52,4 +52,5 @@ def learned_init(
         outer_energy,
         reset_keys=frozenset({"init"}),
         energy_keys=frozenset({"init"} if reg_strength else ()),
+        query_is_training=batch_norm == "transductive",
     )

@@ -83,4 +83,5 @@ def learned_rates(
         reset_keys=meta_model.reset_keys,
         energy_keys=meta_model.energy_keys,
         optimizer_keys=frozenset({RATES_KEY}),
+        query_is_training=meta_model.query_is_training,
     )

@@ -1,6 +1,7 @@
 """A run's folder: it must be writable, it keeps the config the run was started with (a resume
 with another config is refused unless allowed), and its checkpoints survive corruption."""
 
+import ast
 import collections
 import os
 
@@ -71,6 +72,19 @@ def bindings(config_text: str) -> dict[str, str]:
             scope = f"{statement.scope}/" if statement.scope else ""
             name = ".".join(filter(None, (statement.selector, statement.arg_name)))
             result[scope + name] = repr(statement.value)
+    return result
+
+
+def hparams(config_text: str) -> dict[str, bool | int | float | str]:
+    """A gin config's bindings as TensorBoard hyperparameters: numbers, booleans and strings
+    as themselves, anything else (references, tuples) as its gin text."""
+    result = {}
+    for name, text in bindings(config_text).items():
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        result[name] = value if isinstance(value, bool | int | float | str) else text
     return result
 
 
