@@ -1,7 +1,9 @@
 """Optimizers metax adds to optax: the inner optimizer whose learning rates are meta-parameters
-(Meta-SGD, MAML++'s LSLR), and an outer optimizer per group of meta-parameters."""
+(Meta-SGD, MAML++'s LSLR), an outer optimizer per group of meta-parameters, and the two optax
+combinators gin cannot call directly (``chain`` takes ``*args``; ``inject_hyperparams`` returns
+a factory)."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import gin
@@ -81,3 +83,40 @@ def per_key_optimizer(
         return {k: (k if k in by_key else DEFAULT_GROUP) for k in meta_params}
 
     return optax.multi_transform({DEFAULT_GROUP: default, **by_key}, labels)
+
+
+@gin.register(module="metax.learner")
+def chain(transforms: Sequence[optax.GradientTransformation]) -> optax.GradientTransformation:
+    """``optax.chain(*transforms)``: e.g. clipping, then Adam. In gin:
+    ``chain.transforms = [@optax.clip_by_global_norm(), @optax.adam()]``."""
+    return optax.chain(*transforms)
+
+
+@gin.register(module="metax.learner")
+def inject_hyperparams(
+    optimizer: Callable[..., optax.GradientTransformation], **hyperparams
+) -> optax.GradientTransformation:
+    """``optax.inject_hyperparams(optimizer)(**hyperparams)``: the hyperparameters (numbers,
+    or schedules of the step count) live in the optimizer's state, where the training loop
+    reads the learning rate and logs it (``train/outer/learning_rate``). In gin:
+    ``inject_hyperparams.optimizer = @optax.adam`` (the factory, no parentheses) and
+    ``inject_hyperparams.learning_rate = @optax.cosine_decay_schedule()``."""
+    return optax.inject_hyperparams(optimizer)(**hyperparams)
+
+
+def injected_learning_rates(opt_state) -> dict[str, Array]:
+    """The current ``learning_rate`` of each `optax.inject_hyperparams` optimizer found in
+    ``opt_state``, as metrics: ``{"outer/learning_rate": scalar}`` for one, numbered
+    (``outer/learning_rate_<i>``, in tree order) for several, empty for none."""
+
+    def injected(x):
+        return isinstance(x, optax.InjectHyperparamsState | optax.InjectStatefulHyperparamsState)
+
+    rates = [
+        state.hyperparams["learning_rate"]
+        for state in jax.tree.leaves(opt_state, is_leaf=injected)
+        if injected(state) and "learning_rate" in state.hyperparams
+    ]
+    if len(rates) == 1:
+        return {"outer/learning_rate": jnp.asarray(rates[0], jnp.float32)}
+    return {f"outer/learning_rate_{i}": jnp.asarray(r, jnp.float32) for i, r in enumerate(rates)}
