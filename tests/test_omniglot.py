@@ -66,7 +66,7 @@ def test_missing_data_fails_at_once_with_instructions(tmp_path):
             omniglot.prepare(str(tmp_path / folder), str(tmp_path / "tfds"))
 
 
-def test_maml_learns_5_way_1_shot_on_the_minimal_splits(tmp_path):
+def test_maml_learns_5_way_1_shot_on_the_minimal_splits(tmp_path, monkeypatch):
     """100 meta-steps of 4 episodes (conv4, 16 channels, strided, 1 inner step of 0.4): the
     meta-test accuracy after one step, over 100 episodes of small2's unseen alphabets, rises
     well above chance (20%). Measured: 0.275 at initialization -> 0.402."""
@@ -77,10 +77,12 @@ def test_maml_learns_5_way_1_shot_on_the_minimal_splits(tmp_path):
 
     from metax import data, energy, learner, meta_models, nn
 
-    kwargs = dict(
-        splits="minimal", ways=5, shots=1, queries=5, manual_dir=ZIPS, data_dir=str(tmp_path)
-    )
+    # Prepared where TFDS users expect it: $TFDS_DATA_DIR (no data_dir, no $METAX_TFDS_DIR).
+    monkeypatch.delenv("METAX_TFDS_DIR", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    kwargs = dict(splits="minimal", ways=5, shots=1, queries=5, manual_dir=ZIPS)
     train_sampler = omniglot.omniglot("train", **kwargs)
+    assert any(name.startswith("omniglot") for name in os.listdir(tmp_path)), os.listdir(tmp_path)
     test_sampler = omniglot.omniglot("test", **kwargs)
     model = nn.sequential(body=nn.conv4(num_channels=16, pooling="strided"), head=nn.linear(5))
     maml = learner.maml(

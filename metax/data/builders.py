@@ -32,12 +32,24 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 SPLIT_NAMES = ("train", "val", "test")
-TFDS_DIR_ENV = "METAX_TFDS_DIR"  # Where prepared datasets live (default ~/tensorflow_datasets).
+TFDS_DIR_ENV = "METAX_TFDS_DIR"  # Where prepared datasets live: see `prepared_data_dir`.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 # A class: its name and one zero-argument reader per image (returns a PIL image or an array).
 ImageReader = Callable[[], object]
 ClassFiles = list[tuple[str, list[ImageReader]]]
+
+
+def prepared_data_dir(data_dir: str | None = None) -> str:
+    """Where prepared datasets live: ``data_dir`` if given, else ``$METAX_TFDS_DIR``, else
+    TFDS's own ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's default)."""
+    path = (
+        data_dir
+        or os.environ.get(TFDS_DIR_ENV)
+        or os.environ.get("TFDS_DATA_DIR")
+        or "~/tensorflow_datasets"
+    )
+    return os.path.expanduser(path)
 
 
 class ImageConfig(tfds.core.BuilderConfig):

@@ -1,8 +1,8 @@
 """Few-shot episode samplers of the standard image benchmarks, gin-configurable.
 
 Each function prepares its dataset once, offline, with its `metax.data.builders` builder (from
-the files in ``manual_dir`` into ``data_dir``, default ``$METAX_TFDS_DIR`` or
-``~/tensorflow_datasets``), then returns episodes of one class set (``mode``: 'train', 'val'
+the files in ``manual_dir`` into ``data_dir``, default ``$METAX_TFDS_DIR``, ``$TFDS_DATA_DIR``
+or ``~/tensorflow_datasets``), then returns episodes of one class set (``mode``: 'train', 'val'
 or 'test'). ``feed='device'`` loads the split into one array and samples on device
 (`metax.data.fewshot`: the fastest where the split fits in device memory); ``feed='host'``
 builds episodes on the host by random access, each process only its share of the tasks
@@ -52,7 +52,7 @@ def episodes(
         raise ValueError(f"mode must be one of {builders.SPLIT_NAMES}, got {mode!r}.")
     if feed not in FEEDS:
         raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}.")
-    data_dir = resolve_dir(data_dir, builders.TFDS_DIR_ENV, "~/tensorflow_datasets", "")
+    data_dir = builders.prepared_data_dir(data_dir)
     builder = builders.prepare_once_per_host(
         lambda: builders.prepare(builder_class, config, manual_dir, data_dir)
     )

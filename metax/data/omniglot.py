@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 
 from metax.data.augment import Augment
 from metax.data.base import TaskSampler
-from metax.data.builders import TFDS_DIR_ENV, ImageConfig, prepare_once_per_host
+from metax.data.builders import ImageConfig, prepare_once_per_host, prepared_data_dir
 from metax.data.fewshot import fewshot
 
 ZIP_SPLITS = {
@@ -212,7 +212,7 @@ def _split_loader(source: str, manual_dir: str | None, data_dir: str | None, ima
     """``split -> (classes, alphabets)`` for the zips' split names, from either source."""
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"omniglot image_size must be a positive int, got {image_size!r}.")
-    data_dir = _default(data_dir, TFDS_DIR_ENV, "~/tensorflow_datasets")
+    data_dir = prepared_data_dir(data_dir)
     if source == "zips":
         manual_dir = _default(manual_dir, DATA_DIR_ENV, None)
         builder = prepare_once_per_host(lambda: prepare(manual_dir, data_dir, image_size))
@@ -333,9 +333,9 @@ def omniglot(
     classes as in the MAML paper) sampled on device; see `omniglot_classes` for the splits
     and sources. By default the dataset is prepared once per image size, offline, from the
     zips in ``manual_dir`` (or ``$METAX_OMNIGLOT_DIR``) into ``data_dir`` (or
-    ``$METAX_TFDS_DIR``, default ``~/tensorflow_datasets``); nothing is downloaded unless
-    ``source="tfds"``. Every host loads the whole split (any task may draw any class) and
-    samples only its own tasks.
+    ``$METAX_TFDS_DIR``, ``$TFDS_DATA_DIR``, default ``~/tensorflow_datasets``); nothing is
+    downloaded unless ``source="tfds"``. Every host loads the whole split (any task may draw
+    any class) and samples only its own tasks.
     ``augmentations``: per-image transforms (`metax.data.fewshot`); none by default, the
     rotations-as-classes are Omniglot's usual augmentation. ``within_alphabet=True``: every
     episode's classes come from one alphabet (the harder protocol of Lake et al.)."""
