@@ -3,6 +3,7 @@ terminal, multi-process start-up, and one-line messages for the errors a user ca
 
 import contextlib
 import difflib
+import importlib.abc
 import importlib.util
 import inspect
 import logging as logging_std
@@ -151,6 +152,44 @@ def _stderr_discarded() -> Iterator[None]:
         os.close(saved)
 
 
+class _QuietLoader(importlib.abc.Loader):
+    """Runs another loader with stderr discarded, then uninstalls ``finder``."""
+
+    def __init__(self, loader: importlib.abc.Loader, finder: importlib.abc.MetaPathFinder):
+        self.loader, self.finder = loader, finder
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        with _stderr_discarded():
+            self.loader.exec_module(module)
+        if self.finder in sys.meta_path:
+            sys.meta_path.remove(self.finder)
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Imports TensorFlow, whenever something first does, with stderr discarded: it logs INFO
+    lines from C++ at import (oneDNN, the CUDA stub, CPU features) before its log level
+    applies (TF_CPP_MIN_LOG_LEVEL does not silence them), and prints nothing else there; an
+    import error is still raised. Costs nothing in runs that never import it."""
+
+    def __init__(self):
+        self._finding = False
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow" or self._finding:
+            return None
+        self._finding = True  # The real spec, from the finders after this one.
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._finding = False
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader, self)
+        return spec
+
+
 def quiet_by_default() -> None:
     """Shows warnings and errors only, unless --verbosity is given: the run's progress is
     printed to stdout (`metax.train.console`), and INFO logs (clu's metric lines, JAX's
@@ -159,11 +198,8 @@ def quiet_by_default() -> None:
     if flags.FLAGS["verbosity"].present:
         return
     logging.set_verbosity(logging.WARNING)
-    # TensorFlow (imported by clu and tfds) logs INFO lines from C++ at import, before its
-    # log level applies (TF_CPP_MIN_LOG_LEVEL does not silence them); nothing else is printed
-    # there, and an import error is raised (and shown) after stderr is back.
-    with contextlib.suppress(ImportError), _stderr_discarded():
-        import tensorflow  # noqa: F401
+    if "tensorflow" not in sys.modules:
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def gin_search_paths() -> list[str]:
