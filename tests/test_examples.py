@@ -43,7 +43,7 @@ def test_example_lowers_its_post_adaptation_loss(name, monkeypatch, capsys, tmp_
     assert final < initial, output
     if name not in DRAWN:
         return
-    # The figure of 4 held-out tasks: a PNG of 4 panels of 240 x 240 pixels.
+    # The figure of 4 held-out tasks: a PNG of 4 panels of 300 x 240 pixels.
     with Image.open(figure) as image:
-        assert image.format == "PNG" and image.size == (960, 240)
+        assert image.format == "PNG" and image.size == (960, 300)
         assert np.asarray(image.convert("L")).std() > 0  # Not blank.
