@@ -2,7 +2,9 @@
 beside the functional core.
 
 * `loop`: ``train``, the loop (checkpoints, logging, periodic evaluation, shutdown).
-* `step`: the compiled meta-step (tasks drawn on device, the divergence guard).
+* `step`: the compiled meta-step (tasks drawn on device, the divergence guard), and several
+  of them per device call (``make_multi_step``).
+* `console`, `writers`: what a person sees on stdout; TensorBoard event files.
 * `evaluation`: evaluation on held-out tasks, and of a stored run (``evaluate_run``).
 * `signals`: SIGTERM / Ctrl-C handling.
 * `sharding`, `workdir`, `figures`, `configurables`: the device mesh, the run folder and its
@@ -13,7 +15,7 @@ Importing it does not import TensorFlow (the metric writers load it when ``train
 
 from metax.train.evaluation import Evaluator, evaluate_run, mean_and_ci95
 from metax.train.loop import REGRESSION_FIGURE, train
-from metax.train.step import fetch, guard_nonfinite, make_train_step
+from metax.train.step import fetch, guard_nonfinite, make_multi_step, make_train_step
 
 __all__ = [
     "REGRESSION_FIGURE",
@@ -21,6 +23,7 @@ __all__ = [
     "evaluate_run",
     "fetch",
     "guard_nonfinite",
+    "make_multi_step",
     "make_train_step",
     "mean_and_ci95",
     "train",

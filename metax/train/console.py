@@ -120,9 +120,9 @@ class Console:
             self.bar.reset(total=self.num_steps)
             self.bar.update(step)
 
-    def step(self) -> None:
+    def advance(self, steps: int) -> None:
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(steps)
 
     def interval_speed(self, step: int) -> float | None:
         """Meta-steps per second since the last call (None before any step has compiled)."""

@@ -45,6 +45,7 @@ from metax.train.step import (
     fetch,
     first_episode,
     is_host_fed,
+    make_multi_step,
     make_train_step,
     train_batches,
 )
@@ -104,6 +105,7 @@ def train(
     val_sampler: TaskSampler | HostTaskSampler | None = None,
     select_metric: str | None = None,
     verbose: bool = True,
+    steps_per_call: int = 1,
 ) -> dict[str, float]:
     """Meta-trains ``learner`` on tasks from ``train_sampler`` and evaluates on held-out tasks.
 
@@ -138,6 +140,13 @@ def train(
       select_metric: the validation metric to select by, e.g. ``"val/steps_5/accuracy"``
         (maximized; any other name is minimized). Default: the loss of the learner's last
         evaluation setting (``val/steps_<max eval_inner_steps>/loss``).
+      steps_per_call: meta-steps per device call for on-device samplers: above 1, a
+        ``lax.fori_loop`` over the same step (`make_multi_step`), so the host is visited once
+        per call, for devices where dispatch latency is not hidden. Calls end at every log,
+        evaluation and checkpoint step, so those (and signal handling, and the divergence
+        guard) happen at the same steps as ever, and results are bitwise those of one step
+        per call (tests/test_multi_step.py). On CPU one step per call is as fast or faster
+        (README, Performance). Host-fed samplers take one step per call.
       verbose: process 0 prints progress to stdout (`metax.train.console`: a progress bar
         on a terminal, a line every ``log_every`` steps otherwise) and a summary at the end.
 
@@ -155,6 +164,7 @@ def train(
         eval_batch_size=eval_batch_size,
         checkpoint_every=checkpoint_every,
         max_checkpoints_to_keep=max_checkpoints_to_keep,
+        steps_per_call=steps_per_call,
     )
     if not eval_inner_steps or min(eval_inner_steps) < 0:
         raise ValueError(
@@ -231,7 +241,11 @@ def train(
     def check_history():
         """Fetches the pending steps' metrics; raises at a non-finite step (see above)."""
         nonlocal history, checked_step
-        fetched = fetch(history)
+        fetched = [
+            step_metrics
+            for metrics, n in fetch(history)
+            for step_metrics in ([metrics] if n is None else _unstack(metrics, n))
+        ]
         latest = checkpoints.latest_step()
         where = (
             "no checkpoint had been written yet"
@@ -245,30 +259,53 @@ def train(
 
     logging.info("Training from step %d to %d on %d devices.", step, num_steps, mesh.size)
     if is_host_fed(train_sampler):
+        # A host-fed batch enters per step: one step per call; metrics without a step axis.
         feed = train_batches(train_sampler, seed, step, num_steps, meta_batch_size, mesh)
-        run_step = lambda state: train_step(state, next(feed))  # noqa: E731
+        steps_per_call = 1
+
+        def run_steps(state, n):
+            return (*train_step(state, next(feed)), None)
+    elif steps_per_call == 1:
+
+        def run_steps(state, n):
+            return (*train_step(state), None)
     else:
-        run_step = train_step
+        train_steps = make_multi_step(
+            learner, train_sampler, meta_batch_size, mesh, seed, steps_per_call
+        )
+
+        def run_steps(state, n):
+            return (*train_steps(state, np.int32(n)), n)
+
+    def next_call_steps(step: int) -> int:
+        """Steps of the next call: up to the next log, eval, checkpoint or last step, and
+        one on a process's first call (it compiles: its time is the compile time)."""
+        if console.compile_seconds is None:
+            return 1
+        stops = [(step // every + 1) * every for every in (log_every, eval_every, checkpoint_every)]
+        return min(steps_per_call, num_steps - step, *(stop - step for stop in stops))
+
     try:
         with StopSignals() as signals:
             if step < num_steps:
                 console.start(step)
             while step < num_steps:
-                state, metrics = run_step(state)
-                step += 1
+                n = next_call_steps(step)
+                state, metrics, stacked = run_steps(state, n)
+                step += n
                 if console.compile_seconds is None:
                     jax.block_until_ready(metrics)
                     console.compiled(step)
                 else:
-                    console.step()
+                    console.advance(n)
                 if history:
-                    # At most two steps in flight: wait (no copy) for the previous one.
+                    # At most two calls in flight: wait (no copy) for the previous one.
                     # Unbounded queues of multi-device executions deadlock XLA:CPU's
                     # in-process all-reduce (seen with 8 virtual devices on 2 cores); on
-                    # accelerators one queued step keeps the device busy all the same.
-                    jax.block_until_ready(history[-1])
-                history.append(metrics)
-                stop = signals.should_stop(checkpoints, step)
+                    # accelerators one queued call keeps the device busy all the same.
+                    jax.block_until_ready(history[-1][0])
+                history.append((metrics, stacked))
+                stop = signals.should_stop(checkpoints)
                 if step % log_every == 0 or step == num_steps:
                     # The only device-to-host copy of the loop: the interval's metrics.
                     train_metrics = check_history()
@@ -373,6 +410,11 @@ def _describe_run(
         texts["config"] = gin.markdown(config)
     writer.write_texts(step, texts)
     writer.write_hparams({**train_arguments, **run_dir.hparams(config)})
+
+
+def _unstack(metrics: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+    """The first ``n`` steps' metrics of a multi-step call, one dict per step."""
+    return [{name: values[i] for name, values in metrics.items()} for i in range(n)]
 
 
 def selection_metric(learner, eval_inner_steps, val_sampler, select_metric):

@@ -23,6 +23,7 @@ class StopSignals:
     def __init__(self):
         self.received = None
         self._previous = {}
+        self._checks = 0
 
     def __enter__(self):
         single_process = jax.process_count() == 1
@@ -39,9 +40,15 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def should_stop(self, checkpoints: ocp.CheckpointManager, step: int) -> bool:
+    def should_stop(self, checkpoints: ocp.CheckpointManager) -> bool:
+        """Whether to save and stop now; call it once per device call, on every process.
+
+        JAX's preemption sync point must be called with ids that grow by one (the safe id is
+        the largest any process reached plus one): a call's count, not its last step, since a
+        call may run several steps. Every process makes the same calls."""
+        self._checks += 1
         if jax.process_count() > 1:
-            if checkpoints.reached_preemption(step):
+            if checkpoints.reached_preemption(self._checks):
                 self.received = "a preemption notice (SIGTERM)"
                 return True
             return False

@@ -93,7 +93,6 @@ def make_train_step(
     sharding.check_divisible(meta_batch_size, mesh)
     rep, tasks = sharding.replicated(mesh), sharding.task_sharded(mesh)
     root_key = jax.random.key(seed)
-    data_key = jax.random.fold_in(root_key, TRAIN_DATA)
     step_key = jax.random.fold_in(root_key, TRAIN_STEP)
     guarded_step = guard_nonfinite(report_learning_rates(learner.meta_step))
 
@@ -117,6 +116,22 @@ def make_train_step(
             host_step, in_shardings=(rep, tasks), out_shardings=(rep, rep), donate_argnums=0
         )
 
+    init, train_step = _device_fed(learner, sampler, meta_batch_size, mesh, seed)
+    return (
+        jax.jit(init, out_shardings=rep),
+        jax.jit(train_step, in_shardings=(rep,), out_shardings=(rep, rep), donate_argnums=0),
+    )
+
+
+def _device_fed(learner: Learner, sampler: TaskSampler, meta_batch_size: int, mesh, seed: int):
+    """The uncompiled ``init`` and guarded ``train_step`` of a run whose tasks are drawn on
+    device (see `make_train_step`)."""
+    tasks = sharding.task_sharded(mesh)
+    root_key = jax.random.key(seed)
+    data_key = jax.random.fold_in(root_key, TRAIN_DATA)
+    step_key = jax.random.fold_in(root_key, TRAIN_STEP)
+    guarded_step = guard_nonfinite(report_learning_rates(learner.meta_step))
+
     def sample(step):
         batch = sample_meta_batch(sampler, jax.random.fold_in(data_key, step), meta_batch_size)
         return jax.lax.with_sharding_constraint(batch, tasks)
@@ -127,9 +142,47 @@ def make_train_step(
     def train_step(state: MetaState):
         return guarded_step(state, sample(state.step), jax.random.fold_in(step_key, state.step))
 
-    return (
-        jax.jit(init, out_shardings=rep),
-        jax.jit(train_step, in_shardings=(rep,), out_shardings=(rep, rep), donate_argnums=0),
+    return init, train_step
+
+
+def make_multi_step(
+    learner: Learner,
+    sampler: TaskSampler,
+    meta_batch_size: int,
+    mesh,
+    seed: int,
+    max_steps: int,
+):
+    """The compiled ``train_steps(state, n) -> (state, metrics)``: ``n`` (1 to ``max_steps``,
+    a traced int32, so any ``n`` runs the same executable) consecutive meta-steps of
+    `make_train_step` in one device call, a ``lax.fori_loop`` over the same step. Each metric
+    comes back with a leading axis of ``max_steps``: entry ``i < n`` is step ``i``'s, as
+    ``train_step`` returns it (the rest is zeros). One host visit per ``n`` steps; the step
+    and its divergence guard are unchanged, so each step computes what ``train_step`` does.
+    On-device samplers only (a host-fed batch enters per step)."""
+    if is_host_fed(sampler):
+        raise ValueError(
+            "make_multi_step draws tasks on device; host-fed samplers step one by one."
+        )
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}.")
+    sharding.check_divisible(meta_batch_size, mesh)
+    rep = sharding.replicated(mesh)
+    _, train_step = _device_fed(learner, sampler, meta_batch_size, mesh, seed)
+
+    def train_steps(state: MetaState, n):
+        _, step_metrics = jax.eval_shape(train_step, state)
+        buffer = jax.tree.map(lambda m: jnp.zeros((max_steps, *m.shape), m.dtype), step_metrics)
+
+        def body(i, carry):
+            state, buffer = carry
+            state, metrics = train_step(state)
+            return state, jax.tree.map(lambda b, m: b.at[i].set(m), buffer, metrics)
+
+        return jax.lax.fori_loop(0, n, body, (state, buffer))
+
+    return jax.jit(
+        train_steps, in_shardings=(rep, None), out_shardings=(rep, rep), donate_argnums=0
     )
 
 
