@@ -15,6 +15,8 @@ Workloads (the issue's W1-W3):
           steps, conjugate gradient with 10 iterations.
   eqprop_W1    W1's model and tasks, learned init with an L2 pull of 10, 10 free and 10
           nudged steps, beta 0.1.
+  loop_W1, loop_W2  the whole training loop (`train`) against its compiled steps alone, with
+          one and with log_every meta-steps per device call (benchmarks/loop.py).
 
 metax runs with its defaults (on CPU: convolutions as matmuls, conv models one task per
 device at a time). The references are what one writes by hand: the inner loop unrolled in
@@ -30,6 +32,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import loop
 import optax
 from common import Candidate, compare, context, omniglot_images
 
@@ -248,7 +251,7 @@ def run(name, steps, repeats, images) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", default="W1,W2,W3,W2_K5,implicit_W1,eqprop_W1")
+    parser.add_argument("--workloads", default="W1,W2,W3,W2_K5,implicit_W1,eqprop_W1,loop_W1")
     parser.add_argument(
         "--steps", type=int, default=3, help="meta-steps per repeat (x100 for W1-sized)"
     )
@@ -256,9 +259,14 @@ def main():
     args = parser.parse_args()
     names = args.workloads.split(",")
     images, source = (
-        omniglot_images() if any(n[:2] in ("W2", "W3") for n in names) else (None, None)
+        omniglot_images()
+        if any(n.startswith(("W2", "W3", "loop_W2")) for n in names)
+        else (None, None)
     )
     for name in names:
+        if name.startswith("loop_"):
+            print(json.dumps(loop.row(name, images, source)), flush=True)
+            continue
         small = name.endswith("W1")
         steps = args.steps * 100 if small else args.steps
         result = run(name, steps, args.repeats, images)
