@@ -21,6 +21,13 @@ CONFIGS_DIR = os.path.join(
     importlib.util.find_spec("metax").submodule_search_locations[0], "configs"
 )
 
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir",
+    None,
+    "JAX's persistent compilation cache: a later launch of the same programs loads them "
+    "instead of compiling. Default $JAX_COMPILATION_CACHE_DIR if set, else "
+    "~/.cache/metax/jax_compilation_cache; '' turns it off.",
+)
 _GIN_SEARCH_PATHS = flags.DEFINE_list(
     "gin_search_paths",
     [],
@@ -200,6 +207,19 @@ def quiet_by_default() -> None:
     logging.set_verbosity(logging.WARNING)
     if "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def use_compilation_cache() -> None:
+    """Points JAX's persistent compilation cache at --compilation_cache_dir (see the flag)."""
+    import jax
+
+    path = _COMPILATION_CACHE.value
+    if path is None:
+        if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            return  # JAX reads it itself.
+        path = os.path.join(os.path.expanduser("~"), ".cache", "metax", "jax_compilation_cache")
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
 
 
 def gin_search_paths() -> list[str]:

@@ -23,6 +23,7 @@ from launch.common import (
     gin_error_message,
     initialize_distributed,
     quiet_by_default,
+    use_compilation_cache,
     user_message,
 )
 
@@ -49,6 +50,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     quiet_by_default()
+    use_compilation_cache()
     import metax.train
     from metax.train import workdir as run_dir
 

@@ -23,6 +23,7 @@ from launch.common import (
     initialize_distributed,
     parse_gin,
     quiet_by_default,
+    use_compilation_cache,
     user_message,
 )
 
@@ -53,6 +54,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     quiet_by_default()
+    use_compilation_cache()
     parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value)
     initialize_distributed()
     import jax

@@ -46,6 +46,7 @@ def test_a_launch_on_a_terminal_shows_compile_time_progress_bar_and_summary(tmp_
         "launch.train",
         "--gin_file=configs/maml_sinusoid_quick.gin",
         f"--workdir={tmp_path / 'run'}",
+        f"--compilation_cache_dir={tmp_path / 'cache'}",
         *[f"--gin_bindings={b}" for b in TINY],
     ]
     env = dict(os.environ, XLA_FLAGS=with_device_count(1))
@@ -61,6 +62,7 @@ def test_a_launch_on_a_terminal_shows_compile_time_progress_bar_and_summary(tmp_
     assert f"outputs in {tmp_path / 'run'}" in output
     for noise in NOISE:
         assert noise not in output, noise
+    assert os.listdir(tmp_path / "cache")  # The compiled programs, for the next launch.
 
 
 def test_the_wheel_installs_into_a_fresh_venv_and_runs_from_outside_the_checkout(tmp_path):
