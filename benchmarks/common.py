@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from metax.data import omniglot
+from metax.data import builders, omniglot
 
 
 class Candidate(NamedTuple):
@@ -45,7 +45,7 @@ def omniglot_images() -> tuple[np.ndarray, str]:
         os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "omniglot"),
     )
     if os.path.exists(os.path.join(zips, "images_background_small1.zip")):
-        data_dir = os.environ.get(omniglot.TFDS_DIR_ENV, tempfile.mkdtemp())
+        data_dir = os.environ.get(builders.TFDS_DIR_ENV) or tempfile.mkdtemp()
         with contextlib.redirect_stdout(sys.stderr):  # TFDS reports its preparation on stdout.
             images = omniglot.omniglot_classes(
                 "train", "minimal", manual_dir=zips, data_dir=data_dir
