@@ -241,9 +241,11 @@ def train(
     def check_history():
         """Fetches the pending steps' metrics; raises at a non-finite step (see above)."""
         nonlocal history, checked_step
+        # An entry is (metrics, None) for one step, (metrics stacked, n) for n steps.
+        metrics_of_calls = fetch([metrics for metrics, _ in history])
         fetched = [
             step_metrics
-            for metrics, n in fetch(history)
+            for metrics, (_, n) in zip(metrics_of_calls, history, strict=True)
             for step_metrics in ([metrics] if n is None else _unstack(metrics, n))
         ]
         latest = checkpoints.latest_step()
