@@ -182,8 +182,9 @@ def _reference_from_task_grads(task_grad, optimizer):
 # --- Workloads ---------------------------------------------------------------------------
 
 
-def workload(name):
-    """(metax learner, hand-written reference step) of a workload."""
+def workload(name, conv_impl="auto"):
+    """(metax learner, hand-written reference step) of a workload; ``conv_impl`` is the conv
+    workloads' `nn.conv2d` implementation on metax's side (the reference is always im2col)."""
     optimizer = optax.adam(OUTER_LR)
     mlp = nn.mlp([40, 40], 1)
     if name == "W1":
@@ -210,7 +211,9 @@ def workload(name):
         return metax_learner, reference_eqprop(10, 0.01, optimizer)
     steps = 5 if name == "W2_K5" else 1
     first_order = name == "W3"
-    model = nn.sequential(body=nn.conv4(64, pooling="max"), head=nn.linear(WAYS))
+    model = nn.sequential(
+        body=nn.conv4(64, pooling="max", conv_impl=conv_impl), head=nn.linear(WAYS)
+    )
     maml = learner.maml(
         meta_models.learned_init(model, loss_fn=energy.cross_entropy),
         optax.sgd(0.4),
@@ -221,8 +224,8 @@ def workload(name):
     return maml, reference_maml(cross_entropy, steps, 0.4, first_order, optimizer)
 
 
-def run(name, steps, repeats, images) -> dict:
-    metax_learner, reference_step = workload(name)
+def run(name, steps, repeats, images, conv_impl="auto") -> dict:
+    metax_learner, reference_step = workload(name, conv_impl)
     optimizer = optax.adam(OUTER_LR)
     if name.startswith("W2") or name == "W3":
         sampler = data.fewshot(images, ways=WAYS, shots=SHOTS, queries=QUERIES, rotations=True)
@@ -256,6 +259,9 @@ def main():
         "--steps", type=int, default=3, help="meta-steps per repeat (x100 for W1-sized)"
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--conv_impl", default="auto", choices=nn.CONV_IMPLS, help="metax's conv4 convolutions"
+    )
     args = parser.parse_args()
     names = args.workloads.split(",")
     images, source = (
@@ -269,10 +275,10 @@ def main():
             continue
         small = name.endswith("W1")
         steps = args.steps * 100 if small else args.steps
-        result = run(name, steps, args.repeats, images)
-        print(
-            json.dumps({**result, "data": "sinusoid" if small else source, **context()}), flush=True
-        )
+        result = run(name, steps, args.repeats, images, args.conv_impl)
+        conv = {} if small else {"conv_impl": args.conv_impl}
+        row = {**result, **conv, "data": "sinusoid" if small else source, **context()}
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
