@@ -36,6 +36,7 @@ from metax.train import figures, sharding
 from metax.train import workdir as run_dir
 from metax.train.console import Console
 from metax.train.evaluation import Evaluator
+from metax.train.host_memory import release_freed_memory
 from metax.train.signals import StopSignals
 from metax.train.step import (
     EVAL_DATA,
@@ -298,6 +299,7 @@ def train(
                 if console.compile_seconds is None:
                     jax.block_until_ready(metrics)
                     console.compiled(step)
+                    release_freed_memory()
                 else:
                     console.advance(n)
                 if history:
@@ -328,6 +330,7 @@ def train(
                             split = "val"
                     writer.write_scalars(step, results)
                     console.evaluated(step, results, split)
+                    release_freed_memory()  # The evaluation programs' compiler heap.
                 if step % checkpoint_every == 0 or step == num_steps or stop:
                     if history:
                         check_history()  # Never checkpoint past a non-finite step.
