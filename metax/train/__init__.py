@@ -7,6 +7,7 @@ beside the functional core.
 * `console`, `writers`: what a person sees on stdout; TensorBoard event files.
 * `evaluation`: evaluation on held-out tasks, and of a stored run (``evaluate_run``).
 * `signals`: SIGTERM / Ctrl-C handling.
+* `host_memory`: handing the XLA compiler's freed heap back to the OS after compiling.
 * `sharding`, `workdir`, `figures`, `configurables`: the device mesh, the run folder and its
   checkpoints, figures, gin registrations of third-party callables.
 
