@@ -53,9 +53,9 @@ def meta_gradients(out_dir: str) -> None:
     import numpy as np
     import optax
     from common import omniglot_images
-    from suite import QUERIES, SHOTS, WAYS
+    from suite import QUERIES, SHOTS, WAYS, workload
 
-    from metax import data, energy, learner, meta_models, nn
+    from metax import data
 
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     # An "optimizer" whose state is the last gradient, so one meta-step returns it exactly.
@@ -73,15 +73,7 @@ def meta_gradients(out_dir: str) -> None:
         batch32 = data.sample_meta_batch(sampler, jax.random.key(0), GRADIENT_TASKS)
     batch = jax.tree.map(cast, batch32)
     for conv_impl in ("matmul", "lax"):
-        model = nn.sequential(
-            body=nn.conv4(64, pooling="max", conv_impl=conv_impl), head=nn.linear(WAYS)
-        )
-        maml = learner.maml(
-            meta_models.learned_init(model, loss_fn=energy.cross_entropy),
-            optax.sgd(0.4),
-            keep_gradient,
-            num_inner_steps=1,
-        )
+        maml, _ = workload("W2", conv_impl, optimizer=keep_gradient)
         with jax.enable_x64(False):  # the same float32 draws in both dtypes
             state = maml.init(jax.random.key(0), batch32)
         params, model_state = jax.tree.map(cast, (state.meta_params, state.model_state))

@@ -182,10 +182,11 @@ def _reference_from_task_grads(task_grad, optimizer):
 # --- Workloads ---------------------------------------------------------------------------
 
 
-def workload(name, conv_impl="auto"):
+def workload(name, conv_impl="auto", optimizer=None):
     """(metax learner, hand-written reference step) of a workload; ``conv_impl`` is the conv
-    workloads' `nn.conv2d` implementation on metax's side (the reference is always im2col)."""
-    optimizer = optax.adam(OUTER_LR)
+    workloads' `nn.conv2d` implementation on metax's side (the reference is always im2col);
+    ``optimizer`` replaces the outer Adam."""
+    optimizer = optax.adam(OUTER_LR) if optimizer is None else optimizer
     mlp = nn.mlp([40, 40], 1)
     if name == "W1":
         maml = learner.maml(meta_models.learned_init(mlp), optax.sgd(0.01), optimizer, 5)
