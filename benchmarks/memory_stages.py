@@ -10,21 +10,18 @@ import json
 import resource
 import sys
 
-
-def rss_gb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 2**20, 3)
-    return float("nan")
-
+from memory import status_gb
 
 STAGES = {}
 
 
 def mark(name: str) -> None:
     peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
-    STAGES[name] = {"rss_gb": rss_gb(), "peak_gb": peak, "tensorflow": "tensorflow" in sys.modules}
+    STAGES[name] = {
+        "rss_gb": round(status_gb("VmRSS"), 3),
+        "peak_gb": peak,
+        "tensorflow": "tensorflow" in sys.modules,
+    }
 
 
 def main():
