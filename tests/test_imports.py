@@ -1,4 +1,5 @@
-"""`import metax` stays light: the functional core never imports TensorFlow."""
+"""`import metax` stays light: the functional core never imports TensorFlow, and training
+does not either (its TensorBoard writer is TensorFlow-free)."""
 
 import subprocess
 import sys
@@ -11,6 +12,28 @@ def test_import_metax_does_not_import_tensorflow():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_training_and_its_tensorboard_events_do_not_import_tensorflow(tmp_path):
+    """A run through the Python API (training, evaluation, the figure, every summary) never
+    imports TensorFlow (the summaries' contents are checked in tests/test_launcher.py and
+    tests/test_writers.py)."""
+    code = (
+        "import glob, optax, metax.train\n"
+        "from metax import data, learner, meta_models, nn\n"
+        "maml = learner.maml(meta_models.learned_init(nn.mlp([8], 1)), optax.adam(1e-3),\n"
+        "                    num_inner_steps=1)\n"
+        f"final = metax.train.train(learner=maml, train_sampler=data.sinusoid(),\n"
+        f"    workdir={str(tmp_path)!r}, meta_batch_size=8, num_steps=4, log_every=2,\n"
+        "    eval_every=4, eval_num_tasks=8, eval_inner_steps=(1,), verbose=False)\n"
+        f"assert glob.glob({str(tmp_path / 'events.out.tfevents.*')!r})\n"
+        "import sys\n"
+        "assert 'tensorflow' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_renamed_names_keep_working_for_one_release():

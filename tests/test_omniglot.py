@@ -44,7 +44,7 @@ def test_minimal_splits_are_prepared_and_read_back(prepared):
 
 def test_preparing_and_reading_omniglot_imports_no_tensorflow(prepared, tmp_path):
     """In a fresh process: the test process may have imported TensorFlow for another test (the
-    training loop's clu writers), which would make an in-process check depend on test order."""
+    TensorBoard readers), which would make an in-process check depend on test order."""
     import subprocess
 
     code = (

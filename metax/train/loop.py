@@ -8,7 +8,7 @@ writes to ``workdir``:
 * ``config.gin``: the operative gin config (process 0; never overwritten on resume),
 * TensorBoard event files (training metrics every ``log_every`` steps, averaged over those
   steps; evaluation every ``eval_every`` steps; steps/s; for image tasks, a grid of the first
-  training episode at step 0), through ``clu.metric_writers``,
+  training episode at step 0), through `metax.train.writers`,
 * ``checkpoints/<step>/``: orbax checkpoints of the `MetaState` (the state is the checkpoint),
 * ``final_metrics.json``: flat metric name -> number, with 95% confidence half-widths.
 * ``regression_tasks.png`` (regression tasks): a few held-out tasks at the end, ground truth,
@@ -191,7 +191,7 @@ def train(
         "train.seed": seed,
     }
 
-    from metax.train import writers  # Imports clu and TensorFlow: only when training.
+    from metax.train import writers  # Imports TensorBoard's protos: only when training.
 
     is_chief = jax.process_index() == 0
     start_time = time.time()
