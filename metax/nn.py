@@ -170,7 +170,13 @@ def conv2d(x: Array, w: Array, stride: int = 1, impl: str = "auto") -> Array:
         ],
         axis=-1,
     )
-    return patches @ w.reshape(kh * kw * c_in, c_out)
+    # One 2-D matmul over all positions: its weight gradient is then a single-contraction dot
+    # that XLA runs as patches^T @ grad. Multiplying the 4-D patches instead makes XLA:CPU
+    # transpose the whole activation gradient to canonicalize the three contracted axes
+    # (conv4's first layer: 16 ms of W3's 87 ms a task; 11.0 -> 14.6 tasks/s).
+    n = patches.shape[0]
+    out = patches.reshape(n * h_out * w_out, kh * kw * c_in) @ w.reshape(kh * kw * c_in, c_out)
+    return out.reshape(n, h_out, w_out, c_out)
 
 
 def _window_argmax(a: Array, b: Array, c: Array, d: Array) -> Array:
