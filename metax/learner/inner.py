@@ -166,7 +166,7 @@ def run_inner_loop(
     # Short loops are unrolled in Python: XLA then fuses across steps (on CPU a while loop's
     # per-iteration cost dominates small models), and under vmap the first step still sees
     # the shared initial parameters, so its matmuls are single ones instead of a batch of
-    # per-task copies (a scan's carry is batched from the start): +20% steps/s on the
+    # per-task copies (a scan's carry is batched from the start): +10% steps/s on the
     # default sinusoid experiment. Not under remat: XLA's optimizations across an unrolled
     # body undo jax.checkpoint (measured in benchmarks/memory.py).
     keys = jax.random.split(rng, num_steps)
