@@ -225,7 +225,8 @@ def workload(name, conv_impl="auto", optimizer=None):
     return maml, reference_maml(cross_entropy, steps, 0.4, first_order, optimizer)
 
 
-def run(name, steps, repeats, images, conv_impl="auto") -> dict:
+def run(name, steps, repeats, images, conv_impl="auto", reference=True) -> dict:
+    """One workload's row; ``reference=False`` times metax alone (no ratio)."""
     metax_learner, reference_step = workload(name, conv_impl)
     optimizer = optax.adam(OUTER_LR)
     if name.startswith("W2") or name == "W3":
@@ -248,7 +249,11 @@ def run(name, steps, repeats, images, conv_impl="auto") -> dict:
         "metax": Candidate(lambda s, b: metax_learner.meta_step(s, b, rng), fresh_metax_state),
         "reference": Candidate(reference_step, fresh_reference_state),
     }
+    if not reference:
+        del candidates["reference"]
     result = compare(candidates, batches, num_tasks, steps, repeats)
+    if not reference:
+        return {"workload": name, **result}
     speed = result["tasks_per_s"]
     return {"workload": name, **result, "ratio": round(speed["metax"] / speed["reference"], 2)}
 
