@@ -1,5 +1,8 @@
 """ResNet-12: shapes, the same function with either convolution, and gradients in float64 under
-jit against the un-jitted ones and finite differences (both BatchNorm modes)."""
+jit against finite differences (both BatchNorm modes). That jit and op-by-op execution give the
+same gradient is tested for conv4 (`test_conv_gradients.py`), whose layers ResNet-12 shares
+but for the shortcut's addition: the op-by-op gradient of ResNet-12 took a minute of the
+suite's ten (every primitive compiled on its own)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 from jax.flatten_util import ravel_pytree
-from test_conv_gradients import assert_directional_derivatives, relative_error
+from test_conv_gradients import assert_directional_derivatives
 
 from metax import nn
 
@@ -48,7 +51,7 @@ def test_matmul_and_lax_convolutions_compute_the_same_function(x64):
 
 
 @pytest.mark.parametrize("is_training", [True, False], ids=["batch_stats", "running_stats"])
-def test_gradient_under_jit_equals_unjitted_and_finite_differences(x64, is_training):
+def test_gradient_under_jit_matches_finite_differences(x64, is_training):
     # (MAML through it differentiates these same functions twice: the second-order path is
     # covered for conv4 in test_conv_gradients.py, which shares every layer but the shortcut.)
     model = nn.sequential(body=nn.resnet12(SMALL), head=nn.linear(5))
@@ -66,5 +69,4 @@ def test_gradient_under_jit_equals_unjitted_and_finite_differences(x64, is_train
 
     jitted = np.asarray(jax.jit(jax.grad(loss))(flat))
     assert np.all(np.isfinite(jitted))
-    assert relative_error(jitted, np.asarray(jax.grad(loss)(flat))) < 1e-8
     assert_directional_derivatives(jax.jit(loss), flat, jitted)

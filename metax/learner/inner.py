@@ -163,19 +163,21 @@ def run_inner_loop(
     exact = jnp.arange(num_steps) >= num_steps - (
         num_steps if backprop_steps is None else backprop_steps
     )
-    # Short loops are unrolled in Python: XLA then fuses across steps (on CPU a while loop's
-    # per-iteration cost dominates small models), and under vmap the first step still sees
-    # the shared initial parameters, so its matmuls are single ones instead of a batch of
-    # per-task copies (a scan's carry is batched from the start): +10% steps/s on the
-    # default sinusoid experiment. Not under remat: XLA's optimizations across an unrolled
-    # body undo jax.checkpoint (measured in benchmarks/memory.py).
     keys = jax.random.split(rng, num_steps)
     if num_steps <= MAX_UNROLLED_STEPS and not inner.remat:
-        outputs = []
-        for i in range(num_steps):
-            carry, output = step(carry, (keys[i], exact[i]))
-            outputs.append(output)
-        losses, grad_norms, per_step = jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+        # Short loops are unrolled: XLA then fuses across steps (on CPU a while loop's
+        # per-iteration cost dominates small models). The first step runs outside the scan, so
+        # that under vmap it still sees the shared initial parameters and its matmuls are
+        # single ones instead of a batch of per-task copies (a scan's carry is batched from
+        # its first step): +10% steps/s on the default sinusoid step. The rest is one scan,
+        # traced once. Not under remat: XLA's optimizations across an unrolled body undo
+        # jax.checkpoint (measured in benchmarks/memory.py).
+        carry, first = step(carry, (keys[0], exact[0]))
+        outputs = jax.tree.map(lambda y: y[None], first)
+        if num_steps > 1:
+            carry, rest = jax.lax.scan(step, carry, (keys[1:], exact[1:]), unroll=True)
+            outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outputs, rest)
+        losses, grad_norms, per_step = outputs
     else:
         carry, (losses, grad_norms, per_step) = jax.lax.scan(
             jax.checkpoint(step) if inner.remat else step, carry, (keys, exact)
