@@ -2,6 +2,7 @@
 has its closed form, and a run compiles its meta-step once."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -105,6 +106,32 @@ def test_tasks_one_at_a_time_give_the_same_meta_step_and_evaluation():
     actual = jax.jit(chunked.evaluate, static_argnums=3)(state, batch, jax.random.key(2), 1)
     for key in expected:
         np.testing.assert_allclose(actual[key], expected[key], rtol=1e-5, atol=1e-6)
+
+
+def dot_generals(jaxpr):
+    """Every dot_general equation of ``jaxpr`` and of the jaxprs it calls (scans, jits)."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from dot_generals(sub)
+
+
+def test_one_task_at_a_time_runs_plain_two_dimensional_matmuls():
+    # What makes conv4 fast on XLA:CPU (README, Performance): a chunk of one task is not a
+    # vmap of size 1 (whose batch axis of 1 XLA keeps, in slower batched dots), and im2col
+    # multiplies 2-D patches (with several contracted axes XLA transposes the activation
+    # gradient of the weight-gradient dot first). Checked on the traced meta-step, whose
+    # derivatives are what XLA compiles.
+    batch = image_batch(num_tasks=4)
+    maml = conv_maml(num_inner_steps=1, task_chunk=1)
+    state = maml.init(jax.random.key(0), batch)
+    jaxpr = jax.make_jaxpr(maml.meta_step)(state, batch, jax.random.key(1)).jaxpr
+    dims = [eqn.params["dimension_numbers"] for eqn in dot_generals(jaxpr)]
+    assert len(dims) > 20  # Forward, backward and second-order products of 3 layers.
+    for (lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch) in dims:
+        assert lhs_batch == rhs_batch == ()
+        assert len(lhs_contracting) == len(rhs_contracting) == 1
 
 
 def learners_of_each_meta_step(task_chunk):
