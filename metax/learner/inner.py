@@ -251,12 +251,13 @@ def map_tasks(fn: Callable, *args, task_chunk: int | None = None):
     """``fn`` applied to every task of ``args`` (pytrees with a leading task axis of size n).
 
     ``task_chunk=None``: `jax.vmap` over all n tasks at once (best on TPU/GPU). ``task_chunk=k``
-    (a divisor of n): `jax.lax.map` over n / k chunks of k tasks, each chunk vmapped, so only
-    k tasks' activations are alive at a time and, with k = 1, each task's convolutions stay
-    ordinary ones (under vmap, per-task kernels make them grouped convolutions, slow on
-    XLA:CPU). Task i of chunk j is task ``i * n / k + j``: under sharding the chunks split over
-    devices like the task axis does, so no data moves between devices. Same results as vmap
-    up to float summation order. `resolve_task_chunk` turns ``"auto"`` into one of these.
+    (a divisor of n): `jax.lax.map` over n / k chunks of k tasks, each chunk vmapped (a chunk
+    of one task is passed to ``fn`` as it is), so only k tasks' activations are alive at a
+    time and, with k = 1, each task's convolutions and matmuls stay ordinary ones (under
+    vmap, per-task kernels make them batched or grouped ones, slow on XLA:CPU). Task i of
+    chunk j is task ``i * n / k + j``: under sharding the chunks split over devices like the
+    task axis does, so no data moves between devices. Same results as vmap up to float
+    summation order. `resolve_task_chunk` turns ``"auto"`` into one of these.
     """
     if task_chunk is None:
         return jax.vmap(fn)(*args)
