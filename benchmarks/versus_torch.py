@@ -11,6 +11,7 @@ Needs torch (pip install torch==2.13.0, CPU build), which metax does not depend 
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def main():
     if args.metax_child:
         metax_child(args.steps, args.repeats)
         return
-    here = __file__.rsplit("/", 1)[0]
+    here = os.path.dirname(os.path.abspath(__file__))
     speeds = {name: {"metax": [], "torch": []} for name in WORKLOADS}
     for round_index in range(args.rounds):
         order = ["metax", "torch"] if round_index % 2 == 0 else ["torch", "metax"]
@@ -57,7 +58,7 @@ def main():
                 rows = []
                 for k, first_order in WORKLOADS.values():
                     child = ["--child", str(k), str(first_order), *timing]
-                    rows += run_child([f"{here}/torch_w2.py", *child])
+                    rows += run_child([os.path.join(here, "torch_w2.py"), *child])
             for row in rows:
                 speeds[row["workload"]][framework].append(row["tasks_per_s"])
     for name, by_framework in speeds.items():
