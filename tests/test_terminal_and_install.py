@@ -10,6 +10,7 @@ import re
 import struct
 import subprocess
 import sys
+import sysconfig
 import termios
 import venv
 
@@ -65,9 +66,34 @@ def test_a_launch_on_a_terminal_shows_compile_time_progress_bar_and_summary(tmp_
     assert os.listdir(tmp_path / "cache")  # The compiled programs, for the next launch.
 
 
+def fresh_venv_seeing_this_environment(path) -> str:
+    """A new venv at ``path`` whose interpreter also finds the packages of the environment
+    running the tests (a virtualenv or the base interpreter alike); returns its python.
+
+    ``venv.create(system_site_packages=True)`` would expose the *base interpreter's*
+    site-packages, not those of a virtualenv the suite runs in. The running environment's
+    site-packages folders are added as plain path lines of a ``.pth`` file instead: the new
+    venv's own site-packages come first, and the ``.pth`` files in the added folders (an
+    editable install of metax among them) are not processed, so only the wheel's metax is
+    found."""
+    venv.create(path, with_pip=True)
+    python = str(path / "bin" / "python")
+    site_packages = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    paths = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    with open(os.path.join(site_packages, "metax_test_parent_environment.pth"), "w") as f:
+        f.write("\n".join(paths) + "\n")
+    return python
+
+
 def test_the_wheel_installs_into_a_fresh_venv_and_runs_from_outside_the_checkout(tmp_path):
     """The wheel, not the checkout: its configs are package data, found by name from any
-    folder (the venv sees this environment's dependencies, not its metax)."""
+    folder (the venv sees the dependencies of the environment running the tests, not its
+    metax), whether the suite runs in a virtualenv (as README says) or not."""
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
         + [REPO, "-w", str(tmp_path / "dist")],
@@ -76,8 +102,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_from_outside_the_checkout
         cwd=tmp_path,
     )
     (wheel,) = (tmp_path / "dist").glob("metax-*.whl")
-    venv.create(tmp_path / "venv", system_site_packages=True, with_pip=True)
-    python = str(tmp_path / "venv" / "bin" / "python")
+    python = fresh_venv_seeing_this_environment(tmp_path / "venv")
     subprocess.run(
         [python, "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", str(wheel)],
         check=True,
