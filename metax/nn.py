@@ -15,14 +15,15 @@ from a normal truncated at two standard deviations with stddev ``1 / sqrt(fan_in
 kernels from ``variance_scaling(1.0, "fan_in", "truncated_normal")``; biases are zero;
 BatchNorm scale is one and offset zero.
 
-Modulation (gain modulation, CML): ``mlp`` and ``conv4`` take optional ``gain`` and ``shift``
-dicts keyed by hidden-layer name. A hidden layer's pre-activation ``z`` (for conv4, the
-BatchNorm output) becomes ``gain * z + shift`` before the nonlinearity; shapes are the layer's
-width ``(h,)`` or channel count ``(c,)``. `modulation_shapes` lists them.
+Modulation (gain modulation, CML): ``mlp``, ``conv4`` and ``resnet12`` take optional ``gain``
+and ``shift`` dicts keyed by hidden-layer or block name. A hidden layer's pre-activation ``z``
+(for conv4, the BatchNorm output; for resnet12, the sum of a block's residual branch and
+shortcut) becomes ``gain * z + shift`` before the nonlinearity; shapes are the layer's width
+``(h,)`` or channel count ``(c,)``. Each of these models declares them in `Model.modulation`.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import gin
 import jax
@@ -37,10 +38,16 @@ CONV_IMPLS = ("auto", "matmul", "lax")
 
 class Model(NamedTuple):
     """A stateless model: ``init(rng, sample) -> (params, state)`` and
-    ``apply(params, state, rng, inputs, *, is_training, **kwargs) -> (outputs, state)``."""
+    ``apply(params, state, rng, inputs, *, is_training, **kwargs) -> (outputs, state)``.
+
+    ``modulation(params) -> {name: shape}``: where the model can be modulated (gain
+    modulation, CML), i.e. the ``gain``/``shift`` entries its ``apply`` accepts for
+    ``params``, each of shape ``(units,)``; None for models that take no modulation.
+    """
 
     init: Callable[[PRNGKey, Array], tuple[Params, State]]
     apply: Callable[..., tuple[Array, State]]
+    modulation: Callable[[Params], dict[str, tuple[int, ...]]] | None = None
 
 
 def _linear_init(rng: PRNGKey, fan_in: int, fan_out: int) -> dict[str, Array]:
@@ -109,7 +116,10 @@ def mlp(
         out = h @ params["output"]["w"] + params["output"]["b"]
         return (activation(out) if activate_final else out), state
 
-    return Model(init, apply)
+    def modulation(params: Params) -> dict[str, tuple[int, ...]]:
+        return {f"layer_{i}": (size,) for i, size in enumerate(hidden_sizes)}
+
+    return Model(init, apply, modulation)
 
 
 def _batch_norm(
@@ -303,7 +313,10 @@ def conv4(
             new_state["step"] = state["step"] + 1 if is_training else state["step"]
         return h.reshape(h.shape[0], -1), new_state
 
-    return Model(init, apply)
+    def modulation(params: Params) -> dict[str, tuple[int, ...]]:
+        return {f"block_{i}": (num_channels,) for i in range(num_blocks)}
+
+    return Model(init, apply, modulation)
 
 
 RESNET12_LEAK = 0.1
@@ -324,6 +337,8 @@ def resnet12(channels: Sequence[int] = (64, 160, 320, 640), conv_impl: str = "au
 
     Params ``{"block_i": {"conv_j": {"w"}, "bn_j": {"scale", "offset"}, "shortcut": {"w"},
     "bn_shortcut": ...}}`` (j = 0, 1, 2); state: the running statistics of every BatchNorm.
+    ``gain``/``shift`` dicts keyed by ``"block_i"`` with shape ``(channels[i],)`` modulate the
+    sum of a block's residual branch and shortcut before its LeakyReLU.
     """
     channels = tuple(channels)
     if len(channels) != 4 or min(channels) < 1:
@@ -352,7 +367,7 @@ def resnet12(channels: Sequence[int] = (64, 160, 320, 640), conv_impl: str = "au
             c_in = c
         return params, state
 
-    def apply(params, state, rng, inputs, *, is_training=True):
+    def apply(params, state, rng, inputs, *, is_training=True, gain=None, shift=None):
         del rng
         h, new_state = inputs, {}
         for i in range(4):
@@ -368,11 +383,15 @@ def resnet12(channels: Sequence[int] = (64, 160, 320, 640), conv_impl: str = "au
                 if j < 2:
                     z = jax.nn.leaky_relu(z, RESNET12_LEAK)
             shortcut = normalized(conv2d(h, p["shortcut"]["w"], 1, conv_impl), "bn_shortcut")
-            h = max_pool_2x2(jax.nn.leaky_relu(z + shortcut, RESNET12_LEAK))
+            z = _modulate(z + shortcut, f"block_{i}", gain, shift)
+            h = max_pool_2x2(jax.nn.leaky_relu(z, RESNET12_LEAK))
             new_state[f"block_{i}"] = block_state
         return jnp.mean(h, axis=(1, 2)), new_state
 
-    return Model(init, apply)
+    def modulation(params: Params) -> dict[str, tuple[int, ...]]:
+        return {f"block_{i}": (c,) for i, c in enumerate(channels)}
+
+    return Model(init, apply, modulation)
 
 
 @gin.register(module="metax.nn")
@@ -436,17 +455,3 @@ def sequential(**layers: Model) -> Model:
         return h, new_state
 
     return Model(init, apply)
-
-
-def modulation_shapes(params: Params) -> dict[str, tuple[int, ...]]:
-    """Shapes of the ``gain``/``shift`` entries that ``mlp`` or ``conv4`` accept for ``params``.
-
-    Returns ``{"layer_i": (h_i,)}`` for an MLP or ``{"block_i": (c,)}`` for conv4.
-    """
-    shapes: dict[str, Any] = {}
-    for name, layer in params.items():
-        if name.startswith("layer_"):
-            shapes[name] = layer["b"].shape
-        elif name.startswith("block_"):
-            shapes[name] = layer["bn"]["offset"].shape[-1:]
-    return shapes

@@ -158,12 +158,52 @@ def test_conv_gain_mod_with_batch_norm_matches_finite_differences(x64):
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-8)
 
 
-def image_batch(dtype=jnp.float32, num_tasks=2, ways=3, shots=2, queries=2):
+def test_gain_mod_on_resnet12_modulates_each_block_and_matches_finite_differences(x64):
+    """ResNet-12 declares where it can be modulated (its blocks' outputs, shared name prefix
+    'block_' with conv4 notwithstanding): gain_mod builds on it, identity modulation is the
+    plain network, and MAML's meta-gradient through it matches finite differences."""
+    body = nn.resnet12((2, 2, 2, 3))
+    assert body.modulation(None) == {
+        "block_0": (2,),
+        "block_1": (2,),
+        "block_2": (2,),
+        "block_3": (3,),
+    }
+    meta_model = meta_models.gain_mod(body, nn.linear(3), loss_fn=energy.cross_entropy)
+    # (An inner rate of 0.5 puts a max-pool tie within the finite differences' 1e-6 here.)
+    maml = learner.maml(meta_model, optax.sgd(0.1), optax.scale(1.0), num_inner_steps=1)
+    batch = image_batch(jnp.float64, num_tasks=1, side=16)  # 16 -> 8 -> 4 -> 2 -> 1 pixels.
+    state = maml.init(jax.random.key(0), batch)
+    assert {k: v.shape for k, v in state.meta_params["gain_init"].items()} == {
+        "block_0": (2,), "block_1": (2,), "block_2": (2,), "block_3": (3,)
+    }  # fmt: skip
+    x = batch.support.x[0]
+    body_params = state.meta_params["body"]
+    plain, _ = body.apply(body_params, state.model_state["body"], None, x)
+    params, _ = meta_model.reset(None, state.meta_params, state.model_state)
+    identity, _ = body.apply(
+        body_params, state.model_state["body"], None, x, gain=params["gain"], shift=params["shift"]
+    )
+    np.testing.assert_array_equal(identity, plain)
+    off = {**params["gain"], "block_3": jnp.zeros(3)}  # The last block's output is zeroed.
+    silenced, _ = body.apply(body_params, state.model_state["body"], None, x, gain=off)
+    np.testing.assert_array_equal(silenced, 0.0)
+    expected = finite_difference_meta_gradient(maml, state, batch, num_inner_steps=1)
+    actual, _ = ravel_pytree(meta_gradient(maml, state, batch))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_gain_mod_refuses_a_body_that_declares_no_modulation():
+    with pytest.raises(ValueError, match="gain_mod needs a body that declares where it can be"):
+        meta_models.gain_mod(nn.sequential(flat=nn.flatten(), mlp=nn.mlp([4], 4)), nn.linear(1))
+
+
+def image_batch(dtype=jnp.float32, num_tasks=2, ways=3, shots=2, queries=2, side=6):
     keys = jax.random.split(jax.random.key(5), 2)
     labels_train = jnp.tile(jnp.arange(ways), shots)
     labels_test = jnp.tile(jnp.arange(ways), queries)
-    x_train = jax.random.normal(keys[0], (num_tasks, ways * shots, 6, 6, 1), dtype)
-    x_test = jax.random.normal(keys[1], (num_tasks, ways * queries, 6, 6, 1), dtype)
+    x_train = jax.random.normal(keys[0], (num_tasks, ways * shots, side, side, 1), dtype)
+    x_test = jax.random.normal(keys[1], (num_tasks, ways * queries, side, side, 1), dtype)
     x_train = x_train + labels_train[None, :, None, None, None]  # Separable classes.
     x_test = x_test + labels_test[None, :, None, None, None]
     y_train = jnp.broadcast_to(labels_train, (num_tasks, ways * shots))

@@ -38,7 +38,7 @@ def test_mlp_gain_and_shift_modulate_hidden_preactivations():
     ]
     expected = hidden @ params["output"]["w"] + params["output"]["b"]
     np.testing.assert_allclose(out, expected, rtol=1e-5)
-    assert nn.modulation_shapes(params) == {"layer_0": (3,)}
+    assert model.modulation(params) == {"layer_0": (3,)}
 
 
 # 28 -> 14 -> 7 -> 3 -> 1 with VALID 2x2 max-pools; 28 -> 14 -> 7 -> 4 -> 2 with SAME strides.
@@ -53,7 +53,7 @@ def test_conv4_shapes_and_batch_norm_state(pooling, side):
     assert not np.allclose(new_state["block_0"]["mean"], state["block_0"]["mean"])
     _, eval_state = model.apply(params, new_state, None, x, is_training=False)
     jax.tree.map(np.testing.assert_array_equal, eval_state, new_state)
-    assert nn.modulation_shapes(params) == {f"block_{i}": (8,) for i in range(4)}
+    assert model.modulation(params) == {f"block_{i}": (8,) for i in range(4)}
 
 
 def test_conv4_normalizes_with_batch_statistics_in_training():

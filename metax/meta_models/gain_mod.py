@@ -19,8 +19,10 @@ def gain_mod(
 ) -> MetaModel:
     """Gain modulation as in the contrastive meta-learning rule (Zucchet et al., NeurIPS 2022).
 
-    ``body`` is ``nn.mlp`` (gains/shifts on its hidden layers' pre-activations) or
-    ``nn.conv4`` (on its BatchNorm outputs); ``head`` maps the body's features to outputs.
+    ``body`` is a model that declares where it can be modulated (`metax.nn.Model.modulation`:
+    ``nn.mlp``, gains/shifts on its hidden layers' pre-activations; ``nn.conv4``, on its
+    BatchNorm outputs; ``nn.resnet12``, on each block's output before its nonlinearity);
+    ``head`` maps the body's features to outputs.
 
     * Meta-learned: ``meta_params = {"body", "gain_init", "shift_init", "head_init"}`` with
       gains initialized to one and shifts to zero (dicts keyed by hidden layer); with
@@ -33,17 +35,22 @@ def gain_mod(
     """
     if reg_strength is not None and reg_strength < 0:
         raise ValueError(f"gain_mod reg_strength must be >= 0 or None, got {reg_strength}.")
+    if body.modulation is None:
+        raise ValueError(
+            "gain_mod needs a body that declares where it can be modulated (a metax.nn.Model "
+            "with `modulation`: nn.mlp, nn.conv4 or nn.resnet12); this body declares none."
+        )
     head_key = "head_init" if adapt_head else "head"
 
     network = nn.sequential(body=body, head=head)
 
     def init(rng, sample_input):
         params, state = network.init(rng, sample_input)
-        shapes = nn.modulation_shapes(params["body"])
+        shapes = body.modulation(params["body"])
         if not shapes:
             raise ValueError(
-                "gain_mod needs a body with hidden layers to modulate (nn.mlp with hidden_sizes, "
-                "or nn.conv4); the body's params have no 'layer_i' or 'block_i' entries."
+                "gain_mod needs a body with hidden layers to modulate; this body has none "
+                "(e.g. nn.mlp without hidden_sizes)."
             )
         meta_params = {
             "body": params["body"],
