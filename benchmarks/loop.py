@@ -28,7 +28,15 @@ import optax
 from common import context, omniglot_images
 
 from metax import data, energy, learner, meta_models, nn
-from metax.train import make_multi_step, make_train_step, sharding, train
+from metax.train import (
+    Checkpoints,
+    Evaluation,
+    TrainConfig,
+    make_multi_step,
+    make_train_step,
+    sharding,
+    train,
+)
 
 ROWS = {
     # name: (steps of the short and long runs, log_every, meta_batch_size)
@@ -61,20 +69,17 @@ def end_to_end(name, images, steps_per_call) -> float:
         maml, sampler = setup(name, images)
         with tempfile.TemporaryDirectory() as workdir:
             start = time.perf_counter()
-            train(
+            config = TrainConfig(
                 learner=maml,
                 train_sampler=sampler,
-                workdir=workdir,
                 meta_batch_size=batch,
                 num_steps=num_steps,
                 log_every=log_every,
-                eval_every=10**9,
-                checkpoint_every=10 * log_every,
-                eval_num_tasks=batch,
-                eval_inner_steps=(1,),
+                evaluation=Evaluation(every=10**9, num_tasks=batch, inner_steps=(1,)),
+                checkpoints=Checkpoints(every=10 * log_every),
                 steps_per_call=steps_per_call,
-                verbose=False,
             )
+            train(config, workdir, verbose=False)
             seconds.append(time.perf_counter() - start)
     return (long - short) / (seconds[1] - seconds[0])
 

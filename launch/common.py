@@ -135,6 +135,9 @@ def gin_error_message(error: Exception) -> str:
     if unknown:
         return first + _did_you_mean(suggest_configurable(unknown.group(1)))
     unknown = re.match(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", first)
+    renamed = unknown and renamed_binding(unknown.group(1), unknown.group(2))
+    if renamed:
+        return f"{first} It was renamed in metax 0.3: bind {renamed} instead."
     if unknown:
         try:
             configurable = gin.get_configurable(unknown.group(1))
@@ -143,6 +146,13 @@ def gin_error_message(error: Exception) -> str:
         parameters = inspect.signature(configurable).parameters
         return first + _did_you_mean(_close(unknown.group(2), parameters))
     return first
+
+
+def renamed_binding(configurable: str, parameter: str) -> str | None:
+    """The binding that replaced ``<configurable>.<parameter>`` (a 0.2 name), or None."""
+    from metax.train.config import RENAMED_BINDINGS
+
+    return RENAMED_BINDINGS.get(f"{configurable.rpartition('.')[2]}.{parameter}")
 
 
 @contextlib.contextmanager

@@ -42,6 +42,11 @@ _WORKDIR = flags.DEFINE_string(
     None,
     "Output folder; an existing run there is resumed. Default: runs/<config>_<time>.",
 )
+_PROGRESS = flags.DEFINE_bool(
+    "progress",
+    True,
+    "Print the run's progress and summary to stdout (process 0); --noprogress: logs only.",
+)
 flags.adopt_module_key_flags(common)  # --help lists the search-path and multi-process flags.
 
 
@@ -72,7 +77,13 @@ def main(argv: list[str]) -> None:
     if jax.process_index() == 0:
         print(f"metax: writing to {run_dir.resolve(workdir)}", flush=True)
     try:
-        metax.train.train(workdir=workdir, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+        config = metax.train.TrainConfig()  # gin's `train`: builds the learner and samplers.
+        metax.train.train(
+            config,
+            workdir,
+            allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+            verbose=_PROGRESS.value,
+        )
     except USER_ERRORS as error:
         sys.exit(f"Error: {user_message(error)}")
 

@@ -156,13 +156,27 @@ def test_unwritable_workdir(tmp_path):
 @pytest.mark.parametrize(
     "binding, message",
     [
-        ("train.num_steps = -5", "train.num_steps must be a positive integer, got -5."),
+        ("train.num_steps = -5", "train.num_steps must be an integer >= 1, got -5 (int)."),
         ("metax.learner.maml.num_inner_steps = -1", "maml num_inner_steps must be >= 0, got -1."),
-        ("train.eval_inner_steps = ()", "train.eval_inner_steps must be a non-empty tuple"),
+        ("Evaluation.inner_steps = ()", "Evaluation.inner_steps must be a non-empty tuple"),
     ],
 )
 def test_invalid_numbers(tmp_path, binding, message):
     assert message in launch_error(tmp_path, [f"--gin_file={QUICK}", f"--gin_bindings={binding}"])
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("train.eval_every = 5", "Evaluation.every"),
+        ("train.max_checkpoints_to_keep = 2", "Checkpoints.max_to_keep"),
+        ("train.val_sampler = @metax.data.sinusoid()", "Validation.sampler"),
+    ],
+)
+def test_a_binding_renamed_in_0_3_is_answered_with_its_new_name(tmp_path, old, new):
+    line = launch_error(tmp_path, [f"--gin_file={QUICK}", f"--gin_bindings={old}"])
+    assert line.startswith("Error in the gin config: Configurable 'train' doesn't have a")
+    assert f"It was renamed in metax 0.3: bind {new}" in line
 
 
 def test_more_ways_than_classes(tmp_path):

@@ -22,12 +22,12 @@ RUN = [
     f"train.num_steps = {STEPS}",
     "train.meta_batch_size = 4",
     "train.log_every = 5",
-    f"train.eval_every = {STEPS}",
-    "train.checkpoint_every = 5",
-    "train.max_checkpoints_to_keep = 2",
-    "train.eval_num_tasks = 8",
-    "train.eval_batch_size = 4",
-    "train.eval_inner_steps = (1, 2)",
+    f"Evaluation.every = {STEPS}",
+    "Checkpoints.every = 5",
+    "Checkpoints.max_to_keep = 2",
+    "Evaluation.num_tasks = 8",
+    "Evaluation.batch_size = 4",
+    "Evaluation.inner_steps = (1, 2)",
 ]
 
 
@@ -125,7 +125,7 @@ def test_sigkill_at_a_random_step_then_resume_ends_bitwise_equal(uninterrupted, 
 
 def test_sigterm_saves_the_current_step_and_exits_0(uninterrupted, tmp_path):
     workdir = tmp_path / "preempted"
-    process, log = start(workdir, ["train.num_steps = 100000", "train.checkpoint_every = 1000"])
+    process, log = start(workdir, ["train.num_steps = 100000", "Checkpoints.every = 1000"])
     wait_for(lambda: "metax: compiled and ran the first meta-step" in log.read_text(), process)
     time.sleep(1.0)
     process.send_signal(signal.SIGTERM)
@@ -227,7 +227,7 @@ def test_evolution_strategy_state_resumes_exactly(tmp_path):
     import jax.numpy as jnp
 
     from metax import data, learner, meta_models, nn
-    from metax.train import sharding
+    from metax.train import checkpoints, sharding
     from metax.train import workdir as run_dir
     from metax.train.step import abstract_state as _abstract_state
     from metax.train.step import make_train_step
@@ -244,10 +244,10 @@ def test_evolution_strategy_state_resumes_exactly(tmp_path):
         return state
 
     whole = steps(init(), 10)
-    manager = run_dir.checkpoint_manager(run_dir.resolve(str(tmp_path)))
+    manager = checkpoints.checkpoint_manager(run_dir.resolve(str(tmp_path)))
     manager.save(5, args=ocp.args.StandardSave(steps(init(), 5)))
     manager.wait_until_finished()
-    restored, at = run_dir.restore_latest(manager, _abstract_state(init, mesh))
+    restored, at = checkpoints.restore_latest(manager, _abstract_state(init, mesh))
     manager.close()
     assert at == 5
     resumed = steps(restored, 5)

@@ -46,15 +46,15 @@ def test_new_method_configs_train_a_few_steps(tmp_path, name):
         "train.num_steps = 20",
         "train.meta_batch_size = 8",
         "train.log_every = 10",
-        "train.eval_every = 20",
-        "train.checkpoint_every = 20",
-        "train.eval_num_tasks = 8",
+        "Evaluation.every = 20",
+        "Checkpoints.every = 20",
+        "Evaluation.num_tasks = 8",
     ]
     try:
         gin.parse_config_files_and_bindings(
             [os.path.join(CONFIGS, name)], overrides, skip_unknown=False
         )
-        final = metax.train.train(workdir=str(tmp_path))
+        final = metax.train.train(metax.train.TrainConfig(), str(tmp_path))
     finally:
         gin.clear_config()
     losses = {k: v for k, v in final.items() if k.startswith("eval/") and k.endswith("/loss")}

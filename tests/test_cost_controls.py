@@ -201,7 +201,7 @@ def test_a_run_compiles_its_meta_step_once(tmp_path):
     recompiled per step, per metric fetch or per evaluation."""
     import gin
 
-    from metax.train import train
+    from metax.train import Checkpoints, Evaluation, TrainConfig, train
 
     compilations = []
 
@@ -218,18 +218,16 @@ def test_a_run_compiles_its_meta_step_once(tmp_path):
     def count(num_steps, workdir):
         before = len(compilations)
         with gin.unlock_config():
-            train(
+            config = TrainConfig(
                 learner=tanh_maml(optax.adam(1e-3), num_inner_steps=1),
                 train_sampler=data.sinusoid(),
-                workdir=str(workdir),
                 meta_batch_size=8,
                 num_steps=num_steps,
                 log_every=5,
-                eval_every=10,
-                checkpoint_every=num_steps,
-                eval_num_tasks=8,
-                eval_inner_steps=(1, 2),
+                evaluation=Evaluation(every=10, num_tasks=8, inner_steps=(1, 2)),
+                checkpoints=Checkpoints(every=num_steps),
             )
+            train(config, str(workdir))
         return len(compilations) - before
 
     try:

@@ -2,6 +2,7 @@
 layout (tests/fake_datasets.py): splits, class contents, episodes on device and from the host,
 the host-fed training path, and the errors for missing files."""
 
+import dataclasses
 import json
 import sys
 
@@ -160,7 +161,7 @@ def test_host_fed_training_resumes_exactly(mini, tmp_path):
     import optax
 
     from metax import energy, learner, meta_models, nn
-    from metax.train import train
+    from metax.train import Checkpoints, Evaluation, TrainConfig, Validation, train
 
     model = nn.sequential(body=nn.conv4(num_channels=4, num_blocks=2), head=nn.linear(3))
     maml = learner.maml(
@@ -168,21 +169,23 @@ def test_host_fed_training_resumes_exactly(mini, tmp_path):
         inner_optimizer=optax.sgd(0.1),
         num_inner_steps=1,
     )
-    samplers = {
-        name: datasets.mini_imagenet(mode=mode, feed="host", **episode_kwargs(mini))
-        for name, mode in (
-            ("train_sampler", "train"),
-            ("val_sampler", "val"),
-            ("eval_sampler", "test"),
-        )
-    }
-    settings = dict(
-        meta_batch_size=8, log_every=2, eval_every=2, checkpoint_every=2, eval_inner_steps=(1,),
-        eval_num_tasks=8, select_metric="val/steps_1/accuracy",
-    )  # fmt: skip
-    straight = train(learner=maml, workdir=str(tmp_path / "a"), num_steps=4, **samplers, **settings)
-    train(learner=maml, workdir=str(tmp_path / "b"), num_steps=2, **samplers, **settings)
-    resumed = train(learner=maml, workdir=str(tmp_path / "b"), num_steps=4, **samplers, **settings)
+    train_sampler, val_sampler, eval_sampler = (
+        datasets.mini_imagenet(mode=mode, feed="host", **episode_kwargs(mini))
+        for mode in ("train", "val", "test")
+    )
+    config = TrainConfig(
+        learner=maml,
+        train_sampler=train_sampler,
+        meta_batch_size=8,
+        num_steps=4,
+        log_every=2,
+        evaluation=Evaluation(sampler=eval_sampler, every=2, inner_steps=(1,), num_tasks=8),
+        validation=Validation(val_sampler, metric="val/steps_1/accuracy"),
+        checkpoints=Checkpoints(every=2),
+    )
+    straight = train(config, str(tmp_path / "a"))
+    train(dataclasses.replace(config, num_steps=2), str(tmp_path / "b"))
+    resumed = train(config, str(tmp_path / "b"))
     for name in straight:
         if name.startswith(("eval/", "val/", "best/")):
             assert resumed[name] == straight[name], name

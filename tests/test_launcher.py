@@ -15,11 +15,11 @@ TINY = [
     "train.num_steps = 20",
     "train.meta_batch_size = 8",
     "train.log_every = 10",
-    "train.eval_every = 10",
-    "train.checkpoint_every = 10",
-    "train.eval_num_tasks = 16",
-    "train.eval_batch_size = 8",
-    "train.eval_inner_steps = (1, 2)",
+    "Evaluation.every = 10",
+    "Checkpoints.every = 10",
+    "Evaluation.num_tasks = 16",
+    "Evaluation.batch_size = 8",
+    "Evaluation.inner_steps = (1, 2)",
 ]
 
 
@@ -141,9 +141,9 @@ def test_long_run_on_eight_virtual_devices_completes(tmp_path):
         bindings=[
             "train.num_steps = 300",
             "train.log_every = 300",
-            "train.eval_every = 300",
-            "train.checkpoint_every = 300",
-            "train.eval_num_tasks = 64",
+            "Evaluation.every = 300",
+            "Checkpoints.every = 300",
+            "Evaluation.num_tasks = 64",
         ],
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,8 +11,6 @@ from test_multihost import read_checkpoint
 import metax.train
 from metax import data, learner, meta_models, nn
 
-SCHEDULE = dict(log_every=10, eval_every=15, checkpoint_every=10, max_checkpoints_to_keep=10)
-
 
 def run(workdir, num_steps: int, steps_per_call: int) -> dict:
     maml = learner.maml(
@@ -21,18 +19,17 @@ def run(workdir, num_steps: int, steps_per_call: int) -> dict:
         optax.adam(1e-3),
         num_inner_steps=1,
     )
-    final = metax.train.train(
+    config = metax.train.TrainConfig(
         learner=maml,
         train_sampler=data.sinusoid(),
-        workdir=str(workdir),
         meta_batch_size=8,
         num_steps=num_steps,
-        eval_inner_steps=(1,),
-        eval_num_tasks=8,
+        log_every=10,
+        evaluation=metax.train.Evaluation(every=15, inner_steps=(1,), num_tasks=8),
+        checkpoints=metax.train.Checkpoints(every=10, max_to_keep=10),
         steps_per_call=steps_per_call,
-        verbose=False,
-        **SCHEDULE,
     )
+    final = metax.train.train(config, str(workdir), verbose=False)
     final.pop("wall_time_s")
     return final
 

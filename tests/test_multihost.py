@@ -155,7 +155,7 @@ def test_sigterm_on_two_processes_saves_the_same_step_and_resumes_bitwise(tmp_pa
     port, workdir = free_port(), tmp_path / "preempted"
     logs = [tmp_path / f"process_{i}.log" for i in range(2)]
     # Long enough that SIGTERM arrives mid-run; the resumed run is shortened to step + 20.
-    no_periodic = ["train.checkpoint_every = 1000000", "train.eval_every = 1000000"]
+    no_periodic = ["Checkpoints.every = 1000000", "Evaluation.every = 1000000"]
     long_run = ["train.num_steps = 1000000", *no_periodic]
     procs = [
         subprocess.Popen(

@@ -171,9 +171,9 @@ def test_launcher_runs_omniglot_and_shows_the_first_episode_in_tensorboard(tmp_p
         "train.num_steps = 2",
         "train.meta_batch_size = 2",
         "train.log_every = 1",
-        "train.checkpoint_every = 2",
-        "train.eval_num_tasks = 4",
-        "train.eval_inner_steps = (1,)",
+        "Checkpoints.every = 2",
+        "Evaluation.num_tasks = 4",
+        "Evaluation.inner_steps = (1,)",
     ]
     result = subprocess.run(
         [

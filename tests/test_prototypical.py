@@ -104,23 +104,21 @@ def test_bad_input_is_refused():
 
 
 def test_training_loop_evaluates_once_per_episode(tmp_path):
-    from metax.train import train
+    from metax.train import Checkpoints, Evaluation, TrainConfig, train
 
     images = np.random.default_rng(0).integers(0, 256, (12, 6, 8, 8, 1), dtype=np.uint8)
     sampler = data.fewshot(images, ways=3, shots=2, queries=2)
     model = nn.sequential(flat=nn.flatten(), mlp=nn.mlp([16], 8))
-    final = train(
+    config = TrainConfig(
         learner=learner.prototypical(model, optax.adam(1e-3)),
         train_sampler=sampler,
-        workdir=str(tmp_path),
         meta_batch_size=8,
         num_steps=10,
         log_every=5,
-        eval_every=10,
-        checkpoint_every=10,
-        eval_num_tasks=8,
-        eval_inner_steps=(1, 5),  # Ignored: nothing adapts.
+        evaluation=Evaluation(every=10, num_tasks=8, inner_steps=(1, 5)),  # Steps ignored.
+        checkpoints=Checkpoints(every=10),
     )
+    final = train(config, str(tmp_path))
     evaluated = sorted(k for k in final if k.startswith("eval/") and k != "eval/num_tasks")
     assert evaluated == [
         "eval/prototypes/accuracy",

@@ -7,7 +7,7 @@ import gin
 import pytest
 
 import metax.train
-from metax.train import sharding
+from metax.train import checkpoints, sharding
 from metax.train import workdir as run_dir
 from metax.train.evaluation import Evaluator
 from metax.train.step import abstract_state, make_train_step
@@ -16,13 +16,14 @@ CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BINDINGS = [
     "train.meta_batch_size = 8",
     "train.log_every = 10",
-    "train.eval_every = 10",
-    "train.checkpoint_every = 10",
-    "train.max_checkpoints_to_keep = 5",
-    "train.eval_num_tasks = 16",
-    "train.eval_inner_steps = (1,)",
+    "Evaluation.every = 10",
+    "Checkpoints.every = 10",
+    "Checkpoints.max_to_keep = 5",
+    "Evaluation.num_tasks = 16",
+    "Evaluation.inner_steps = (1,)",
     "outer/optax.adam.learning_rate = 0.01",
-    "train.val_sampler = @val/metax.data.sinusoid()",
+    "train.validation = @metax.train.Validation()",
+    "Validation.sampler = @val/metax.data.sinusoid()",
     "val/metax.data.sinusoid.num_train_shots = 5",
 ]
 
@@ -35,7 +36,7 @@ def run(workdir, num_steps, extra=()):
         [*BINDINGS, f"train.num_steps = {num_steps}", *extra],
         skip_unknown=False,
     )
-    return metax.train.train(workdir=str(workdir), allow_config_change=True)
+    return metax.train.train(metax.train.TrainConfig(), str(workdir), allow_config_change=True)
 
 
 def test_best_validation_checkpoint_is_kept_across_a_resume_and_reported(tmp_path):
@@ -44,15 +45,16 @@ def test_best_validation_checkpoint_is_kept_across_a_resume_and_reported(tmp_pat
         final = run(tmp_path, 30)  # Resumed from step 20.
         best_step = int(final["best/step"])
         learner = gin.query_parameter("train.learner").scoped_configurable_fn()
-        sampler = gin.query_parameter("train.val_sampler").scoped_configurable_fn()
+        sampler = gin.query_parameter("Validation.sampler").scoped_configurable_fn()
         # The validation loss of every checkpoint: the kept one is the lowest.
         mesh = sharding.task_mesh()
         init, _ = make_train_step(learner, sampler, 8, mesh, 0)
-        validator = Evaluator(learner, sampler, mesh, 0, 16, 8, (1,), split="val")
-        manager = run_dir.checkpoint_manager(run_dir.resolve(str(tmp_path)))
+        evaluation = metax.train.Evaluation(num_tasks=16, inner_steps=(1,))
+        validator = Evaluator(learner, sampler, mesh, 0, evaluation, 8, split="val")
+        manager = checkpoints.checkpoint_manager(run_dir.resolve(str(tmp_path)))
         losses = {}
         for step in (10, 20, 30):
-            state, _ = run_dir.restore_latest(
+            state, _ = checkpoints.restore_latest(
                 manager, abstract_state(init, mesh), set_aside=False, step=step
             )
             losses[step] = validator(state)["val/steps_1/loss"]
@@ -71,9 +73,9 @@ def test_best_validation_checkpoint_is_kept_across_a_resume_and_reported(tmp_pat
 
 def test_select_metric_is_checked(tmp_path):
     try:
-        with pytest.raises(ValueError, match="select_metric must be 'val/<setting>/<metric>'"):
-            run(tmp_path / "a", 10, ["train.select_metric = 'val/steps_2/loss'"])
+        with pytest.raises(ValueError, match="Validation.metric must be 'val/<setting>/<metric>'"):
+            run(tmp_path / "a", 10, ["Validation.metric = 'val/steps_2/loss'"])
         with pytest.raises(ValueError, match="is not a validation metric of this learner"):
-            run(tmp_path / "b", 10, ["train.select_metric = 'val/steps_1/acc'"])
+            run(tmp_path / "b", 10, ["Validation.metric = 'val/steps_1/acc'"])
     finally:
         gin.clear_config()

@@ -1,8 +1,7 @@
-"""Evaluation on held-out tasks: per-task metrics, means and 95% confidence intervals, and
-the evaluation of a stored run's checkpoint."""
+"""Evaluation on held-out tasks: its settings (`Evaluation`, `Validation` and the metric a
+best checkpoint is selected by), per-task metrics with means and 95% confidence intervals."""
 
-import inspect
-import json
+import dataclasses
 
 import gin
 import jax
@@ -12,19 +11,15 @@ from metax.data import host
 from metax.data.base import TaskSampler, sample_meta_batch
 from metax.learner.base import Learner, MetaState, evaluation_settings
 from metax.train import sharding
-from metax.train import workdir as run_dir
-from metax.train.step import (
-    EVAL_DATA,
-    EVAL_STEP,
-    VAL_DATA,
-    VAL_STEP,
-    abstract_state,
-    fetch,
-    is_host_fed,
-    make_train_step,
-)
+from metax.train.settings import check_instance, check_int, check_int_tuple, check_optional_int
+from metax.train.step import EVAL_DATA, EVAL_STEP, VAL_DATA, VAL_STEP, fetch, is_host_fed
 
 CI95_Z = 1.959963984540054
+SAMPLERS = (TaskSampler, host.HostTaskSampler)
+SAMPLER_KINDS = (
+    "a task sampler (e.g. metax.data.sinusoid() or metax.data.omniglot(); in gin "
+    "@metax.data.sinusoid())"
+)
 
 
 def mean_and_ci95(values: np.ndarray) -> tuple[float, float]:
@@ -33,6 +28,82 @@ def mean_and_ci95(values: np.ndarray) -> tuple[float, float]:
     if values.size < 2:
         return float(values.mean()), float("nan")
     return float(values.mean()), float(CI95_Z * values.std(ddof=1) / np.sqrt(values.size))
+
+
+@gin.configurable(module="metax.train")
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """How a run evaluates on held-out tasks (`metax.train.TrainConfig.evaluation`).
+
+    Attributes:
+      sampler: draws the held-out (meta-test) tasks; None: the training sampler, from a key
+        stream of its own.
+      every: a periodic evaluation every this many meta-steps (the final one is always run).
+      inner_steps: evaluate after each of these numbers of inner steps (learners without an
+        inner loop evaluate once, whatever is given).
+      num_tasks: held-out tasks per evaluation (rounded up to whole batches).
+      batch_size: tasks per evaluation call; None: the run's meta-batch size.
+    """
+
+    sampler: TaskSampler | host.HostTaskSampler | None = None
+    every: int = 1000
+    inner_steps: tuple[int, ...] = (1, 5, 10)
+    num_tasks: int = 600
+    batch_size: int | None = None
+
+    def __post_init__(self):
+        if self.sampler is not None:
+            check_instance("Evaluation.sampler", self.sampler, SAMPLERS, SAMPLER_KINDS)
+        check_int("Evaluation.every", self.every)
+        steps = check_int_tuple("Evaluation.inner_steps", self.inner_steps)
+        object.__setattr__(self, "inner_steps", steps)
+        check_int("Evaluation.num_tasks", self.num_tasks)
+        check_optional_int("Evaluation.batch_size", self.batch_size)
+
+
+@gin.configurable(module="metax.train")
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """Model selection on meta-validation tasks (`metax.train.TrainConfig.validation`).
+
+    With it, periodic evaluation (every ``Evaluation.every`` steps, with its inner steps and
+    number of tasks) runs on validation tasks only, the checkpoint with the best ``metric`` is
+    kept in ``workdir/best_checkpoint``, and the final meta-test evaluation is of that
+    checkpoint. Without it, periodic evaluation runs on the meta-test tasks and the final one
+    on the last step (selecting a step by those numbers would select on the test set).
+
+    Attributes:
+      sampler: draws meta-validation tasks (classes disjoint from the other two sets).
+      metric: the validation metric to select by, ``"val/<setting>/<metric>"``, e.g.
+        ``"val/steps_5/accuracy"`` (maximized; any other metric is minimized). None: the loss
+        of the learner's last evaluation setting.
+    """
+
+    sampler: TaskSampler | host.HostTaskSampler
+    metric: str | None = None
+
+    def __post_init__(self):
+        check_instance("Validation.sampler", self.sampler, SAMPLERS, SAMPLER_KINDS)
+        if self.metric is not None and not isinstance(self.metric, str):
+            raise ValueError(
+                f"Validation.metric must be a string such as 'val/steps_5/accuracy', got "
+                f"{self.metric!r}."
+            )
+
+    def selection(self, learner: Learner, inner_steps) -> tuple[str, str]:
+        """``(metric, mode)`` the best checkpoint is selected by: the metric's name and
+        ``"max"`` (accuracy) or ``"min"``. Raises a ValueError naming the learner's settings
+        unless the metric is ``val/<one of them>/<metric>``."""
+        names = list(evaluation_settings(learner, inner_steps))
+        metric = self.metric or f"val/{names[-1]}/loss"
+        parts = metric.split("/")
+        if len(parts) != 3 or parts[0] != "val" or parts[1] not in names:
+            raise ValueError(
+                f"Validation.metric must be 'val/<setting>/<metric>' with a setting of this "
+                f"learner ({', '.join(names)}), e.g. 'val/{names[-1]}/accuracy'; got "
+                f"{metric!r}."
+            )
+        return metric, "max" if parts[-1] == "accuracy" else "min"
 
 
 class Evaluator:
@@ -48,14 +119,16 @@ class Evaluator:
         sampler: TaskSampler | host.HostTaskSampler,
         mesh,
         seed: int,
-        num_tasks: int,
+        evaluation: Evaluation,
         batch_size: int,
-        inner_steps,
         split: str = "eval",
     ):
-        self.num_chunks = -(-num_tasks // batch_size)
+        """``evaluation`` gives the number of tasks and inner steps (not the sampler: that is
+        ``sampler``); ``batch_size`` tasks run per call."""
+        sharding.check_divisible(batch_size, mesh, what="evaluation batch (Evaluation.batch_size)")
+        self.num_chunks = -(-evaluation.num_tasks // batch_size)
         self.num_tasks = self.num_chunks * batch_size
-        self.settings = evaluation_settings(learner, inner_steps)
+        self.settings = evaluation_settings(learner, evaluation.inner_steps)
         self.split = split
         data_tag, step_tag = (VAL_DATA, VAL_STEP) if split == "val" else (EVAL_DATA, EVAL_STEP)
         data_key = jax.random.fold_in(jax.random.key(seed), data_tag)
@@ -99,81 +172,3 @@ class Evaluator:
                 results[f"{self.split}/{label}/{name}"] = mean
                 results[f"{self.split}/{label}/{name}_ci95"] = ci95
         return results
-
-
-def evaluate_run(
-    workdir: str, num_tasks: int | None = None, step: int | None = None, checkpoint: str = "latest"
-) -> dict:
-    """Evaluates a run's checkpoint on its held-out tasks, with the run's settings.
-
-    ``checkpoint``: ``"latest"`` (or exactly ``step``) of ``workdir/checkpoints``, or ``"best"``,
-    the run's best checkpoint by its validation metric (runs with ``train.val_sampler``).
-
-    The run's `train` arguments (learner, samplers, seed, evaluation settings) come from the
-    parsed gin config, i.e. the config stored in ``workdir`` (see ``launch/evaluate.py``). Reads
-    only complete checkpoints, so it is safe on a run that is still going. Returns ``{"step",
-    "eval/...", ...}`` (means and 95% half-widths; the same tasks and numbers as the run's own
-    final evaluation) and writes them to ``workdir/eval_step_<step>.json`` (process 0).
-    """
-    from metax.train.loop import train as train_fn  # The gin root whose bindings are read.
-
-    arguments = {
-        name: parameter.default
-        for name, parameter in inspect.signature(train_fn).parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-    }
-    arguments.update(gin.get_bindings("train"))
-    for required in ("learner", "train_sampler"):
-        if arguments.get(required) is None:
-            raise ValueError(f"The stored config binds no train.{required}; is it a metax run?")
-    learner, meta_batch_size = arguments["learner"], arguments["meta_batch_size"]
-    eval_batch_size = arguments["eval_batch_size"] or meta_batch_size
-    mesh = sharding.task_mesh()
-    sharding.check_divisible(eval_batch_size, mesh, what="evaluation batch (train.eval_batch_size)")
-    init, _ = make_train_step(
-        learner, arguments["train_sampler"], meta_batch_size, mesh, arguments["seed"]
-    )
-    if checkpoint not in ("latest", "best"):
-        raise ValueError(f"checkpoint must be 'latest' or 'best', got {checkpoint!r}.")
-    workdir = run_dir.resolve(workdir)
-    if checkpoint == "best":
-        if arguments["val_sampler"] is None:
-            raise ValueError(
-                f"The run in {workdir} has no validation tasks (train.val_sampler), so no best "
-                f"checkpoint; evaluate the latest one."
-            )
-        from metax.train.loop import selection_metric
-
-        metric, mode = selection_metric(
-            learner,
-            arguments["eval_inner_steps"],
-            arguments["val_sampler"],
-            arguments["select_metric"],
-        )
-        manager = run_dir.best_checkpoint_manager(workdir, metric, mode)
-        step = manager.best_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"No best checkpoint in {workdir} yet.")
-    else:
-        manager = run_dir.checkpoint_manager(workdir)
-    state, step = run_dir.restore_latest(
-        manager, abstract_state(init, mesh), set_aside=False, step=step
-    )
-    manager.close()
-    if state is None:
-        raise FileNotFoundError(f"No complete checkpoint in {workdir}: nothing to evaluate yet.")
-    evaluator = Evaluator(
-        learner,
-        arguments["eval_sampler"] or arguments["train_sampler"],
-        mesh,
-        arguments["seed"],
-        num_tasks or arguments["eval_num_tasks"],
-        eval_batch_size,
-        arguments["eval_inner_steps"],
-    )
-    results = {"step": float(step), **evaluator(state)}
-    if jax.process_index() == 0:
-        results_json = json.dumps(results, indent=2, sort_keys=True)
-        name = f"eval_best_step_{step}.json" if checkpoint == "best" else f"eval_step_{step}.json"
-        (workdir / name).write_text(results_json)
-    return results

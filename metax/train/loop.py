@@ -1,39 +1,42 @@
-"""The training loop: the one gin-configurable root of an experiment (``train`` in gin files).
+"""The training loop: ``train(config, workdir)`` runs a `TrainConfig` in a workdir.
 
-Everything a run needs is derived from its arguments and ``seed``: task batches are sampled on
+A run goes through four phases, each a function below:
+
+1. start-up (`start_up`): checks that the pieces fit, that the workdir's stored config is this
+   one, compiles the meta-step and resumes from the latest readable checkpoint;
+2. training (`train_steps`): meta-steps, and after each device call the periodic work that is
+   due (`PERIODIC`: log, evaluate or validate, checkpoint; one rule, `is_due`), until the last
+   step or a stop signal (SIGTERM, Ctrl-C: the current step is saved);
+3. final evaluation (`final_evaluation`): the meta-test evaluation of the last (or, with
+   validation, the best) checkpoint and the figure of held-out tasks;
+4. finished (`finish`): ``final_metrics.json`` and the summary.
+
+Everything a run computes derives from its config and ``seed``: task batches are sampled on
 device inside the compiled step from ``fold_in(key, step)`` (or, host-fed, from a generator
-seeded with the seed, step and task), so a resumed run replays the same batches. The loop
-writes to ``workdir``:
-
-* ``config.gin``: the operative gin config (process 0; never overwritten on resume),
-* TensorBoard event files (training metrics every ``log_every`` steps, averaged over those
-  steps; evaluation every ``eval_every`` steps; steps/s; for image tasks, a grid of the first
-  training episode at step 0), through `metax.train.writers`,
-* ``checkpoints/<step>/``: orbax checkpoints of the `MetaState` (the state is the checkpoint),
-* ``final_metrics.json``: flat metric name -> number, with 95% confidence half-widths.
-* ``regression_tasks.png`` (regression tasks): a few held-out tasks at the end, ground truth,
-  support points and predictions before and after adaptation (also in TensorBoard).
-
-Running again with the same workdir resumes from the latest checkpoint.
+seeded with the seed, step and task), so a resumed run replays the same batches. The workdir
+holds ``config.gin`` (the operative gin config), TensorBoard event files, ``checkpoints/<step>``
+(the `MetaState`), ``final_metrics.json`` and a figure of held-out tasks.
 """
 
+import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import gin
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
-import metax.train.configurables  # noqa: F401  (gin registrations used by experiment files)
 from metax import checks
-from metax.data.base import TaskSampler
-from metax.data.host import HostTaskSampler
-from metax.learner.base import Learner, evaluation_settings
+from metax.learner.base import MetaState
+from metax.train import checkpoints as run_checkpoints
 from metax.train import figures, sharding
 from metax.train import workdir as run_dir
+from metax.train.config import TrainConfig
 from metax.train.console import Console
 from metax.train.evaluation import Evaluator
 from metax.train.host_memory import release_freed_memory
@@ -54,17 +57,476 @@ from metax.train.step import (
 REGRESSION_FIGURE = "regression_tasks.png"
 EPISODE_FIGURE = "held_out_episode.png"
 FIGURES = (REGRESSION_FIGURE, EPISODE_FIGURE)
+FINAL_METRICS = "final_metrics.json"
+
+StepCall = Callable[[MetaState, int], tuple[MetaState, dict, int | None]]
 
 
-def _check_positive(**numbers: int) -> None:
-    for name, value in numbers.items():
-        if value < 1:
-            raise ValueError(f"train.{name} must be a positive integer, got {value}.")
+def train(
+    config: TrainConfig, workdir: str, *, allow_config_change: bool = False, verbose: bool = True
+) -> dict[str, float]:
+    """Meta-trains ``config.learner`` in ``workdir`` and evaluates it on held-out tasks.
+
+    Args:
+      config: the run's settings (`TrainConfig`; gin's ``train``).
+      workdir: output folder (created); a run there is resumed from its latest readable
+        checkpoint if the config is the stored one (schedule bindings such as
+        ``train.num_steps`` may change; see `metax.train.workdir.SCHEDULE_BINDINGS`).
+      allow_config_change: resume a workdir whose stored config differs from this one (the
+        new config is stored beside the old one).
+      verbose: process 0 prints progress to stdout (`metax.train.console`: a progress bar on a
+        terminal, a line every ``log_every`` steps otherwise) and a summary at the end.
+
+    Returns:
+      The final metrics (also written to ``workdir/final_metrics.json``): ``step``, the last
+      interval's ``train/*`` means, ``eval/<setting>/<metric>`` means and ``_ci95``
+      half-widths (with validation also ``val/*`` and ``best/step``) and ``wall_time_s``.
+      After SIGTERM or SIGINT, ``{"step": ..., "stopped_by_signal": 1.0}`` once the current
+      step is saved.
+    """
+    run = start_up(config, workdir, allow_config_change, verbose)
+    try:
+        with StopSignals() as signals:
+            train_steps(run, signals)
+        if signals.received is not None:
+            return stopped(run, signals.received)
+        final = final_evaluation(run)
+    finally:
+        run.close()
+    return finish(run, final)
 
 
-def _interval_metrics(fetched: list[dict], first_step: int, skip_nonfinite: bool, where: str):
-    """Averages the metrics of consecutive steps ``first_step + 1, ...``; raises a
-    FloatingPointError at the first non-finite step unless ``skip_nonfinite``."""
+class PendingMetrics:
+    """The metrics of device calls not yet fetched: at most two calls in flight, fetched (the
+    loop's only device-to-host copy) when a log or checkpoint is due, and checked: a
+    non-finite step stops the run unless ``skip_nonfinite``."""
+
+    def __init__(self, first_step: int, skip_nonfinite: bool):
+        self.checked_step = first_step  # Steps up to here are known to be finite.
+        self.skip_nonfinite = skip_nonfinite
+        self._calls: list[tuple[dict, int | None]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def add(self, metrics: dict, steps: int | None) -> None:
+        """A call's metrics: of one step (``steps`` None) or stacked over ``steps`` steps."""
+        if self._calls:
+            # Wait (no copy) for the previous call: unbounded queues of multi-device
+            # executions deadlock XLA:CPU's in-process all-reduce (seen with 8 virtual devices
+            # on 2 cores); on accelerators one queued call keeps the device busy all the same.
+            jax.block_until_ready(self._calls[-1][0])
+        self._calls.append((metrics, steps))
+
+    def collect(self, last_checkpoint: int | None) -> dict[str, float]:
+        """The pending steps' mean ``train/*`` metrics and ``train/skipped_steps``; raises a
+        FloatingPointError at the first non-finite step (see `interval_metrics`)."""
+        fetched_calls = fetch([metrics for metrics, _ in self._calls])
+        fetched = [
+            step_metrics
+            for metrics, (_, n) in zip(fetched_calls, self._calls, strict=True)
+            for step_metrics in ([metrics] if n is None else _unstack(metrics, n))
+        ]
+        where = (
+            "no checkpoint had been written yet"
+            if last_checkpoint is None
+            else f"the last checkpoint, of step {last_checkpoint}, is intact"
+        )
+        metrics = interval_metrics(fetched, self.checked_step, self.skip_nonfinite, where)
+        self.checked_step += len(fetched)
+        self._calls = []
+        return metrics
+
+
+@dataclasses.dataclass
+class Run:
+    """A run while it runs: its settings, compiled functions, checkpoint managers, writers,
+    and where it is (``state`` of meta-step ``step``)."""
+
+    config: TrainConfig
+    workdir: epath.Path
+    mesh: Any
+    init: Callable[[], MetaState]
+    step_call: StepCall
+    evaluator: Evaluator
+    validator: Evaluator | None
+    checkpoints: ocp.CheckpointManager
+    best: ocp.CheckpointManager | None
+    console: Console
+    writer: Any
+    state: MetaState
+    step: int
+    pending: PendingMetrics
+    start_time: float
+    train_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_chief(self) -> bool:
+        return jax.process_index() == 0
+
+    def close(self) -> None:
+        """One shutdown for every exit (end, signal, error): pending saves finish, files
+        close."""
+        self.checkpoints.close()
+        if self.best is not None:
+            self.best.close()
+        self.writer.flush()
+        self.writer.close()
+
+
+# Phase 1: start-up.
+
+
+def start_up(config: TrainConfig, workdir: str, allow_config_change: bool, verbose: bool) -> Run:
+    """Checks what can be checked before compiling (the mesh divides the batches, the workdir
+    is writable and its stored config is this one, the model fits the data), builds the
+    compiled step and the evaluators, and restores the latest readable checkpoint."""
+    start_time = time.time()
+    mesh = sharding.task_mesh()
+    sharding.check_divisible(config.meta_batch_size, mesh)
+    sharding.check_divisible(
+        config.eval_batch_size, mesh, what="evaluation batch (Evaluation.batch_size)"
+    )
+    workdir = run_dir.resolve(workdir)
+    run_dir.check_writable(workdir)
+    episode = first_episode(config.train_sampler, config.seed)
+    if config.learner.meta_model is not None:
+        checks.check_model_fits_data(config.learner.meta_model, episode)
+    config_text = gin.operative_config_str()
+    run_dir.check_and_store_config(workdir, config_text, allow_config_change)
+
+    from metax.train import writers  # Imports TensorBoard's protos: only when training.
+
+    init, train_step = make_train_step(
+        config.learner, config.train_sampler, config.meta_batch_size, mesh, config.seed
+    )
+    validator = best = None
+    if config.validation is not None:
+        validator = _evaluator(config, mesh, "val")
+        best = run_checkpoints.best_checkpoint_manager(workdir, *_selection(config))
+    console = Console(
+        enabled=jax.process_index() == 0 and verbose,
+        num_steps=config.num_steps,
+        meta_batch_size=config.meta_batch_size,
+    )
+    checkpoints = run_checkpoints.checkpoint_manager(workdir, config.checkpoints.max_to_keep)
+    state, step = _resume(init, mesh, checkpoints, console, config.num_steps)
+    run = Run(
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        init=init,
+        step_call=_step_call(config, mesh, train_step, step),
+        evaluator=_evaluator(config, mesh, "eval"),
+        validator=validator,
+        checkpoints=checkpoints,
+        best=best,
+        console=console,
+        writer=writers.create_writer(workdir, jax.process_index() == 0),
+        state=state,
+        step=step,
+        pending=PendingMetrics(step, config.skip_nonfinite),
+        start_time=start_time,
+    )
+    if run.is_chief:
+        _describe_run(run, config_text)
+        if step == 0 and figures.is_image_episode(episode):
+            run.writer.write_images(0, {"episode": figures.episode_grid(episode)[None]})
+    return run
+
+
+def _evaluator(config: TrainConfig, mesh, split: str) -> Evaluator:
+    sampler = config.validation.sampler if split == "val" else config.eval_sampler
+    return Evaluator(
+        config.learner,
+        sampler,
+        mesh,
+        config.seed,
+        config.evaluation,
+        config.eval_batch_size,
+        split=split,
+    )
+
+
+def _resume(init, mesh, checkpoints, console: Console, num_steps: int) -> tuple[MetaState, int]:
+    """The state to start from: the latest readable checkpoint's, else a new one."""
+    restored, latest = run_checkpoints.restore_latest(checkpoints, abstract_state(init, mesh))
+    if restored is None:
+        state = init()
+        return state, int(fetch(state.step))
+    logging.info("Resumed from the checkpoint of step %d in %s.", latest, checkpoints.directory)
+    console.say(f"resumed from the checkpoint of step {latest} (of {num_steps}).")
+    return restored, int(fetch(restored.step))
+
+
+def _selection(config: TrainConfig) -> tuple[str, str]:
+    """The validation metric the best checkpoint is selected by, and "max" or "min"."""
+    return config.validation.selection(config.learner, config.evaluation.inner_steps)
+
+
+def _step_call(config: TrainConfig, mesh, train_step, first_step: int) -> StepCall:
+    """``step_call(state, n) -> (state, metrics, stacked)``: ``n`` meta-steps in one device
+    call of ``train_step`` (`make_train_step`'s) or of `make_multi_step`'s; ``stacked`` is
+    None when the metrics are one step's, else ``n`` (metrics with a leading step axis).
+    Host-fed runs take one step per call."""
+    learner, sampler = config.learner, config.train_sampler
+    if is_host_fed(sampler):
+        feed = train_batches(
+            sampler, config.seed, first_step, config.num_steps, config.meta_batch_size, mesh
+        )
+        return lambda state, n: (*train_step(state, next(feed)), None)
+    if config.steps_per_call == 1:
+        return lambda state, n: (*train_step(state), None)
+    train_steps_fn = make_multi_step(
+        learner, sampler, config.meta_batch_size, mesh, config.seed, config.steps_per_call
+    )
+    return lambda state, n: (*train_steps_fn(state, np.int32(n)), n)
+
+
+def _describe_run(run: Run, config_text: str) -> None:
+    """TensorBoard's record of what runs: the gin config as text, its bindings as hparams,
+    and the meta-parameters' overview (names, shapes, sizes)."""
+    from clu import parameter_overview
+
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.state.meta_params)
+    overview = parameter_overview.get_parameter_overview(shapes, include_stats=False)
+    count = parameter_overview.count_parameters(shapes)
+    logging.info("Meta-parameters (%d):\n%s", count, overview)
+    run.console.say(f"{count:,} meta-parameters in {len(jax.tree.leaves(shapes))} arrays.")
+    texts = {"meta_parameters": f"{count:,} meta-parameters\n\n```\n{overview}\n```"}
+    if config_text:
+        texts["config"] = gin.markdown(config_text)
+    run.writer.write_texts(run.step, texts)
+    arguments = {
+        "train.meta_batch_size": run.config.meta_batch_size,
+        "train.num_steps": run.config.num_steps,
+        "train.seed": run.config.seed,
+    }
+    run.writer.write_hparams({**arguments, **run_dir.hparams(config_text)})
+
+
+# Phase 2: training, and the periodic work due after a device call.
+
+
+class Periodic(NamedTuple):
+    """Work done every ``every(config)`` meta-steps, after the device call that reaches it.
+
+    ``at_last``: whether it is due at the last step (whatever the schedule). ``on_stop``:
+    whether it is due when a signal stops the run (True or False whatever the schedule; None:
+    as scheduled).
+    """
+
+    name: str
+    every: Callable[[TrainConfig], int]
+    action: Callable[["Run"], None]
+    at_last: bool
+    on_stop: bool | None
+
+
+def is_due(periodic: Periodic, config: TrainConfig, step: int, stopping: bool) -> bool:
+    """The one rule for periodic work: due at the last step if ``at_last``; when stopping as
+    ``on_stop`` says; else every ``every`` steps."""
+    if step == config.num_steps:
+        return periodic.at_last
+    if stopping and periodic.on_stop is not None:
+        return periodic.on_stop
+    return step % periodic.every(config) == 0
+
+
+def log(run: Run) -> None:
+    """Fetches and checks the interval's metrics; writes them with the speed."""
+    run.train_metrics = run.pending.collect(run.checkpoints.latest_step())
+    speed = run.console.interval_speed(run.step)
+    rates = (
+        {}
+        if speed is None
+        else {"steps_per_sec": speed, "tasks_per_sec": speed * run.config.meta_batch_size}
+    )
+    run.writer.write_scalars(run.step, {**run.train_metrics, **rates})
+    run.console.logged(run.step, run.train_metrics, speed)
+
+
+def evaluate(run: Run) -> None:
+    """Periodic evaluation: on the validation tasks (offering the state to the best
+    checkpoint) with validation, else on the meta-test tasks."""
+    with run.console.paused():
+        if run.validator is None:
+            results, split = run.evaluator(run.state), "eval"
+        else:
+            results, split = validate(run), "val"
+    run.writer.write_scalars(run.step, results)
+    run.console.evaluated(run.step, results, split)
+    release_freed_memory()  # The evaluation programs' compiler heap.
+
+
+def save(run: Run) -> None:
+    """Checkpoints the state, never past a non-finite step (pending metrics are checked)."""
+    if run.pending:
+        run.pending.collect(run.checkpoints.latest_step())
+    run.checkpoints.save(run.step, args=ocp.args.StandardSave(run.state))
+
+
+PERIODIC = (
+    Periodic("log", lambda config: config.log_every, log, at_last=True, on_stop=None),
+    # At the last step the final evaluation follows; a stopped run does not evaluate.
+    Periodic("evaluate", lambda config: config.evaluation.every, evaluate, False, False),
+    Periodic("checkpoint", lambda config: config.checkpoints.every, save, True, True),
+)
+
+
+def next_call_steps(run: Run) -> int:
+    """Steps of the next device call: up to the next step where periodic work is due (or the
+    last step), and one on a process's first call (it compiles: its time is the compile
+    time)."""
+    if run.console.compile_seconds is None:
+        return 1
+    config, step = run.config, run.step
+    to_due = [periodic.every(config) - step % periodic.every(config) for periodic in PERIODIC]
+    return min(config.steps_per_call, config.num_steps - step, *to_due)
+
+
+def train_steps(run: Run, signals: StopSignals) -> None:
+    """Runs meta-steps up to ``num_steps``, doing the periodic work due after each device
+    call; a stop signal saves the current step and returns."""
+    logging.info(
+        "Training from step %d to %d on %d devices.", run.step, run.config.num_steps, run.mesh.size
+    )
+    if run.step < run.config.num_steps:
+        run.console.start(run.step)
+    while run.step < run.config.num_steps:
+        n = next_call_steps(run)
+        run.state, metrics, stacked = run.step_call(run.state, n)
+        run.step += n
+        if run.console.compile_seconds is None:
+            jax.block_until_ready(metrics)
+            run.console.compiled(run.step)
+            release_freed_memory()  # The compiler's heap.
+        else:
+            run.console.advance(n)
+        run.pending.add(metrics, stacked)
+        stopping = signals.should_stop(run.checkpoints)
+        for periodic in PERIODIC:
+            if is_due(periodic, run.config, run.step, stopping):
+                periodic.action(run)
+        if stopping:
+            break
+    run.console.training_done()
+    run.checkpoints.wait_until_finished()
+
+
+def stopped(run: Run, signal_name: str) -> dict[str, float]:
+    """The report of a run stopped by a signal, once its current step is saved."""
+    logging.warning(
+        "Received %s at step %d: saved the checkpoint of step %d in %s; exiting. "
+        "Run the same command to resume.",
+        signal_name,
+        run.step,
+        run.step,
+        run.workdir,
+    )
+    return {"step": float(run.step), "stopped_by_signal": 1.0}
+
+
+# Phase 3: final evaluation.
+
+
+def final_evaluation(run: Run) -> dict[str, float]:
+    """The meta-test evaluation of the last state or, with validation, of the best
+    checkpoint (validated once more at the last step), and the figure of held-out tasks."""
+    final = {"step": float(run.step), **run.train_metrics}
+    state = run.state
+    if run.validator is not None:
+        final.update(validate(run))
+        state, best_step = restore_best(run)
+        final["best/step"] = float(best_step)
+    run.console.say(f"final evaluation on {run.evaluator.num_tasks} meta-test tasks ...")
+    final.update(run.evaluator(state))
+    shown = {k: v for k, v in final.items() if k.startswith(("eval/", "val/", "best/"))}
+    run.writer.write_scalars(run.step, shown)
+    write_final_figure(run, state)
+    return final
+
+
+def validate(run: Run) -> dict[str, float]:
+    """Evaluates on the validation tasks and offers the state to the best checkpoint (orbax
+    keeps it if its metric is the best so far); a non-finite metric is never offered."""
+    results = run.validator(run.state)
+    metric, _ = _selection(run.config)
+    if metric not in results:
+        names = sorted(k for k in results if not k.endswith(("_ci95", "num_tasks")))
+        raise ValueError(
+            f"Validation.metric {metric!r} is not a validation metric of this learner; it has "
+            f"{names}."
+        )
+    value = results[metric]
+    if np.isfinite(value) and run.step not in run.best.all_steps():
+        run.best.save(run.step, args=ocp.args.StandardSave(run.state), metrics={metric: value})
+    return results
+
+
+def restore_best(run: Run) -> tuple[MetaState, int]:
+    """The best checkpoint by the validation metric, and its step."""
+    run.best.wait_until_finished()
+    best_step = run.best.best_step()
+    metric, _ = _selection(run.config)
+    if best_step is None:
+        raise FloatingPointError(
+            f"No finite {metric} in any validation of this run: no best checkpoint to "
+            f"evaluate. Lower the learning rates."
+        )
+    logging.info("Evaluating the best checkpoint by %s: step %d.", metric, best_step)
+    abstract = abstract_state(run.init, run.mesh)
+    return run.best.restore(best_step, args=ocp.args.StandardRestore(abstract)), best_step
+
+
+def write_final_figure(run: Run, state: MetaState) -> None:
+    """What adaptation does, for a person, to TensorBoard and the workdir: for regression
+    tasks with a ground truth, a few held-out tasks before and after adaptation
+    (``regression_tasks.png``); for image classification, the first held-out episode with
+    each query marked right or wrong after adaptation (``held_out_episode.png``)."""
+    config, learner, sampler = run.config, run.config.learner, run.config.eval_sampler
+    inner_steps = max(config.evaluation.inner_steps)
+    key = jax.random.fold_in(jax.random.key(config.seed), FIGURE)
+    title = f"held-out tasks after {run.step} meta-steps, {inner_steps} inner steps"
+    if figures.has_regression_curves(learner, sampler):
+        run.console.say("drawing held-out tasks before and after adaptation ...")
+        curves = figures.regression_curves(learner, state, sampler, key, inner_steps)
+        image = figures.regression_figure(figures.RegressionCurves(*fetch(tuple(curves))), title)
+        name, tag = REGRESSION_FIGURE, "regression_tasks"
+    else:
+        episode = first_episode(sampler, config.seed, EVAL_DATA)
+        if not figures.can_draw_adapted_episode(learner, episode):
+            return
+        run.console.say("drawing a held-out episode after adaptation ...")
+        predictions = fetch(
+            figures.adapted_query_predictions(learner, state, episode, key, inner_steps)
+        )
+        image = figures.episode_grid(episode, predictions)
+        name, tag = EPISODE_FIGURE, "held_out_episode"
+    run.writer.write_images(run.step, {tag: image[None]})
+    if run.is_chief:
+        figures.save_png(image, run.workdir / name)
+
+
+# Phase 4: finished.
+
+
+def finish(run: Run, final: dict[str, float]) -> dict[str, float]:
+    """Writes ``final_metrics.json`` (process 0) and prints the summary."""
+    final["wall_time_s"] = time.time() - run.start_time
+    if run.is_chief:
+        (run.workdir / FINAL_METRICS).write_text(json.dumps(final, indent=2, sort_keys=True))
+    logging.info("Final metrics: %s", json.dumps(final, sort_keys=True))
+    outputs = ["TensorBoard events", "checkpoints/", FINAL_METRICS, run_dir.CONFIG]
+    outputs += [name for name in FIGURES if (run.workdir / name).exists()]
+    run.console.summary(final, run.workdir, outputs)
+    return final
+
+
+def interval_metrics(fetched: list[dict], first_step: int, skip_nonfinite: bool, where: str):
+    """The mean ``train/*`` metrics of consecutive steps ``first_step + 1, ...`` and
+    ``train/skipped_steps``; raises a FloatingPointError at the first non-finite step unless
+    ``skip_nonfinite``."""
     good = [m for m in fetched if not m[NONFINITE]]
     if len(good) < len(fetched) and not skip_nonfinite:
         index = next(i for i, m in enumerate(fetched) if m[NONFINITE])
@@ -84,399 +546,6 @@ def _interval_metrics(fetched: list[dict], first_step: int, skip_nonfinite: bool
     return metrics
 
 
-@gin.configurable("train", module="metax.train")
-def train(
-    *,
-    learner: Learner,
-    train_sampler: TaskSampler | HostTaskSampler,
-    workdir: str,
-    eval_sampler: TaskSampler | HostTaskSampler | None = None,
-    meta_batch_size: int = 25,
-    num_steps: int = 1000,
-    seed: int = 0,
-    log_every: int = 100,
-    eval_every: int = 1000,
-    eval_inner_steps: Sequence[int] = (1, 5, 10),
-    eval_num_tasks: int = 600,
-    eval_batch_size: int | None = None,
-    checkpoint_every: int = 1000,
-    max_checkpoints_to_keep: int = 3,
-    skip_nonfinite: bool = False,
-    allow_config_change: bool = False,
-    val_sampler: TaskSampler | HostTaskSampler | None = None,
-    select_metric: str | None = None,
-    verbose: bool = True,
-    steps_per_call: int = 1,
-) -> dict[str, float]:
-    """Meta-trains ``learner`` on tasks from ``train_sampler`` and evaluates on held-out tasks.
-
-    Args:
-      learner: e.g. ``metax.learner.maml(...)``.
-      train_sampler: draws meta-training tasks; ``eval_sampler`` (default: the same family)
-        draws the held-out evaluation tasks from a separate key stream. Either sampler kind:
-        on device (`metax.data.TaskSampler`, drawn inside the compiled step) or host-fed
-        (`metax.data.host.HostTaskSampler`, built ahead on the host, each process its share).
-      workdir: output folder (created); an existing run there is resumed from its latest
-        readable checkpoint, if the config is the stored one (see ``allow_config_change``).
-      meta_batch_size: tasks per meta-step; must divide over all devices.
-      num_steps: total meta-steps of the run (a resumed run stops at the same step).
-      seed: the only source of randomness of the run.
-      log_every, eval_every, checkpoint_every: periods in meta-steps.
-      eval_inner_steps: evaluate after each of these numbers of inner steps.
-      eval_num_tasks: evaluation tasks (rounded up to a whole number of eval batches).
-      eval_batch_size: tasks per evaluation chunk (default ``meta_batch_size``).
-      max_checkpoints_to_keep: older checkpoints are deleted.
-      skip_nonfinite: a step with a non-finite metric or meta-parameter is never applied; by
-        default the run then stops with a FloatingPointError naming the step (checkpoints
-        stay those of earlier, finite steps); if True it goes on, counting skipped steps.
-      allow_config_change: resume a workdir whose stored config differs from this one
-        (the new config is stored beside the old one).
-      val_sampler: draws meta-validation tasks (classes disjoint from both other sets). With
-        it, periodic evaluation (every ``eval_every`` steps and at the end) runs on
-        validation tasks only, the checkpoint with the best ``select_metric`` is kept in
-        ``workdir/best_checkpoint`` (orbax's best-checkpoint support; survives resumes), and
-        the final meta-test evaluation is of that checkpoint (``best/step`` says which).
-        Without it, periodic evaluation runs on the meta-test tasks and the final one on the
-        last step (selecting a step by those numbers would select on the test set).
-      select_metric: the validation metric to select by, e.g. ``"val/steps_5/accuracy"``
-        (maximized; any other name is minimized). Default: the loss of the learner's last
-        evaluation setting (``val/steps_<max eval_inner_steps>/loss``).
-      steps_per_call: meta-steps per device call for on-device samplers: above 1, a
-        ``lax.fori_loop`` over the same step (`make_multi_step`), so the host is visited once
-        per call, for devices where dispatch latency is not hidden. Calls end at every log,
-        evaluation and checkpoint step, so those (and signal handling, and the divergence
-        guard) happen at the same steps as ever, and results are bitwise those of one step
-        per call (tests/test_multi_step.py). On CPU one step per call is as fast or faster
-        (README, Performance). Host-fed samplers take one step per call.
-      verbose: process 0 prints progress to stdout (`metax.train.console`: a progress bar
-        on a terminal, a line every ``log_every`` steps otherwise) and a summary at the end.
-
-    Returns:
-      The final metrics (also written to ``workdir/final_metrics.json``); after SIGTERM or
-      SIGINT, ``{"step": ..., "stopped_by_signal": 1.0}`` once the current step is saved.
-    """
-    eval_batch_size = eval_batch_size or meta_batch_size
-    _check_positive(
-        meta_batch_size=meta_batch_size,
-        num_steps=num_steps,
-        log_every=log_every,
-        eval_every=eval_every,
-        eval_num_tasks=eval_num_tasks,
-        eval_batch_size=eval_batch_size,
-        checkpoint_every=checkpoint_every,
-        max_checkpoints_to_keep=max_checkpoints_to_keep,
-        steps_per_call=steps_per_call,
-    )
-    if not eval_inner_steps or min(eval_inner_steps) < 0:
-        raise ValueError(
-            f"train.eval_inner_steps must be a non-empty tuple of step counts >= 0, "
-            f"got {eval_inner_steps}."
-        )
-    select_metric, select_mode = selection_metric(
-        learner, eval_inner_steps, val_sampler, select_metric
-    )
-    mesh = sharding.task_mesh()
-    sharding.check_divisible(meta_batch_size, mesh)
-    sharding.check_divisible(eval_batch_size, mesh, what="evaluation batch (train.eval_batch_size)")
-    workdir = run_dir.resolve(workdir)
-    run_dir.check_writable(workdir)
-    episode = first_episode(train_sampler, seed)
-    if learner.meta_model is not None:
-        checks.check_model_fits_data(learner.meta_model, episode)
-    config = gin.operative_config_str()
-    run_dir.check_and_store_config(workdir, config, allow_config_change)
-    train_arguments = {
-        "train.meta_batch_size": meta_batch_size,
-        "train.num_steps": num_steps,
-        "train.seed": seed,
-    }
-
-    from metax.train import writers  # Imports TensorBoard's protos: only when training.
-
-    is_chief = jax.process_index() == 0
-    start_time = time.time()
-    init, train_step = make_train_step(learner, train_sampler, meta_batch_size, mesh, seed)
-    evaluator = Evaluator(
-        learner,
-        eval_sampler or train_sampler,
-        mesh,
-        seed,
-        eval_num_tasks,
-        eval_batch_size,
-        eval_inner_steps,
-    )
-    validator = best = None
-    if val_sampler is not None:
-        validator = Evaluator(
-            learner,
-            val_sampler,
-            mesh,
-            seed,
-            eval_num_tasks,
-            eval_batch_size,
-            eval_inner_steps,
-            split="val",
-        )
-        best = run_dir.best_checkpoint_manager(workdir, select_metric, select_mode)
-    console = Console(
-        enabled=is_chief and verbose, num_steps=num_steps, meta_batch_size=meta_batch_size
-    )
-    checkpoints = run_dir.checkpoint_manager(workdir, max_checkpoints_to_keep)
-    restored, latest = run_dir.restore_latest(checkpoints, abstract_state(init, mesh))
-    if restored is None:
-        state = init()
-    else:
-        state = restored
-        logging.info("Resumed from the checkpoint of step %d in %s.", latest, workdir)
-        console.say(f"resumed from the checkpoint of step {latest} (of {num_steps}).")
-
-    writer = writers.create_writer(workdir, is_chief)
-    step = int(fetch(state.step))
-    if is_chief:
-        _describe_run(writer, step, state, config, train_arguments, console)
-    if step == 0 and is_chief and figures.is_image_episode(episode):
-        writer.write_images(0, {"episode": figures.episode_grid(episode)[None]})
-    history, train_metrics = [], {}
-    checked_step = step  # Steps up to here are known to be finite.
-
-    def check_history():
-        """Fetches the pending steps' metrics; raises at a non-finite step (see above)."""
-        nonlocal history, checked_step
-        # An entry is (metrics, None) for one step, (metrics stacked, n) for n steps.
-        metrics_of_calls = fetch([metrics for metrics, _ in history])
-        fetched = [
-            step_metrics
-            for metrics, (_, n) in zip(metrics_of_calls, history, strict=True)
-            for step_metrics in ([metrics] if n is None else _unstack(metrics, n))
-        ]
-        latest = checkpoints.latest_step()
-        where = (
-            "no checkpoint had been written yet"
-            if latest is None
-            else f"the last checkpoint, of step {latest}, is intact"
-        )
-        metrics = _interval_metrics(fetched, checked_step, skip_nonfinite, where)
-        checked_step += len(fetched)
-        history = []
-        return metrics
-
-    logging.info("Training from step %d to %d on %d devices.", step, num_steps, mesh.size)
-    if is_host_fed(train_sampler):
-        # A host-fed batch enters per step: one step per call; metrics without a step axis.
-        feed = train_batches(train_sampler, seed, step, num_steps, meta_batch_size, mesh)
-        steps_per_call = 1
-
-        def run_steps(state, n):
-            return (*train_step(state, next(feed)), None)
-    elif steps_per_call == 1:
-
-        def run_steps(state, n):
-            return (*train_step(state), None)
-    else:
-        train_steps = make_multi_step(
-            learner, train_sampler, meta_batch_size, mesh, seed, steps_per_call
-        )
-
-        def run_steps(state, n):
-            return (*train_steps(state, np.int32(n)), n)
-
-    def next_call_steps(step: int) -> int:
-        """Steps of the next call: up to the next log, eval, checkpoint or last step, and
-        one on a process's first call (it compiles: its time is the compile time)."""
-        if console.compile_seconds is None:
-            return 1
-        stops = [(step // every + 1) * every for every in (log_every, eval_every, checkpoint_every)]
-        return min(steps_per_call, num_steps - step, *(stop - step for stop in stops))
-
-    try:
-        with StopSignals() as signals:
-            if step < num_steps:
-                console.start(step)
-            while step < num_steps:
-                n = next_call_steps(step)
-                state, metrics, stacked = run_steps(state, n)
-                step += n
-                if console.compile_seconds is None:
-                    jax.block_until_ready(metrics)
-                    console.compiled(step)
-                    release_freed_memory()
-                else:
-                    console.advance(n)
-                if history:
-                    # At most two calls in flight: wait (no copy) for the previous one.
-                    # Unbounded queues of multi-device executions deadlock XLA:CPU's
-                    # in-process all-reduce (seen with 8 virtual devices on 2 cores); on
-                    # accelerators one queued call keeps the device busy all the same.
-                    jax.block_until_ready(history[-1][0])
-                history.append((metrics, stacked))
-                stop = signals.should_stop(checkpoints)
-                if step % log_every == 0 or step == num_steps:
-                    # The only device-to-host copy of the loop: the interval's metrics.
-                    train_metrics = check_history()
-                    speed = console.interval_speed(step)
-                    rates = (
-                        {}
-                        if speed is None
-                        else {"steps_per_sec": speed, "tasks_per_sec": speed * meta_batch_size}
-                    )
-                    writer.write_scalars(step, {**train_metrics, **rates})
-                    console.logged(step, train_metrics, speed)
-                if step % eval_every == 0 and step < num_steps and not stop:
-                    with console.paused():
-                        if validator is None:
-                            results, split = evaluator(state), "eval"
-                        else:
-                            results = _validate(validator, best, select_metric, state, step)
-                            split = "val"
-                    writer.write_scalars(step, results)
-                    console.evaluated(step, results, split)
-                    release_freed_memory()  # The evaluation programs' compiler heap.
-                if step % checkpoint_every == 0 or step == num_steps or stop:
-                    if history:
-                        check_history()  # Never checkpoint past a non-finite step.
-                    checkpoints.save(step, args=ocp.args.StandardSave(state))
-                if stop:
-                    break
-        console.training_done()
-        checkpoints.wait_until_finished()
-        if signals.received is not None:
-            logging.warning(
-                "Received %s at step %d: saved the checkpoint of step %d in %s; exiting. "
-                "Run the same command to resume.",
-                signals.received,
-                step,
-                step,
-                workdir,
-            )
-            return {"step": float(step), "stopped_by_signal": 1.0}
-        final = {"step": float(step), **train_metrics}
-        if validator is not None:
-            final.update(_validate(validator, best, select_metric, state, step))
-            best.wait_until_finished()
-            best_step = best.best_step()
-            if best_step is None:
-                raise FloatingPointError(
-                    f"No finite {select_metric} in any validation of this run: no best "
-                    f"checkpoint to evaluate. Lower the learning rates."
-                )
-            state = best.restore(
-                best_step, args=ocp.args.StandardRestore(abstract_state(init, mesh))
-            )
-            final["best/step"] = float(best_step)
-            logging.info("Evaluating the best checkpoint by %s: step %d.", select_metric, best_step)
-        console.say(f"final evaluation on {evaluator.num_tasks} meta-test tasks ...")
-        final.update(evaluator(state))
-        writer.write_scalars(
-            step, {k: v for k, v in final.items() if k.startswith(("eval/", "val/", "best/"))}
-        )
-        _write_final_figure(
-            learner,
-            state,
-            eval_sampler or train_sampler,
-            seed,
-            step,
-            max(eval_inner_steps),
-            writer,
-            workdir,
-            is_chief,
-            console,
-        )
-    finally:
-        # One shutdown for every exit (end, signal, error): pending saves finish, files close.
-        checkpoints.close()
-        if best is not None:
-            best.close()
-        writer.flush()
-        writer.close()
-    final["wall_time_s"] = time.time() - start_time
-    if is_chief:
-        (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))
-    logging.info("Final metrics: %s", json.dumps(final, sort_keys=True))
-    outputs = ["TensorBoard events", "checkpoints/", "final_metrics.json", "config.gin"]
-    outputs += [name for name in FIGURES if (workdir / name).exists()]
-    console.summary(final, workdir, outputs)
-    return final
-
-
-def _describe_run(
-    writer, step: int, state, config: str, train_arguments: dict, console: Console
-) -> None:
-    """TensorBoard's record of what runs: the gin config as text, its bindings as hparams,
-    and the meta-parameters' overview (names, shapes, sizes)."""
-    from clu import parameter_overview
-
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.meta_params)
-    overview = parameter_overview.get_parameter_overview(shapes, include_stats=False)
-    count = parameter_overview.count_parameters(shapes)
-    logging.info("Meta-parameters (%d):\n%s", count, overview)
-    console.say(f"{count:,} meta-parameters in {len(jax.tree.leaves(shapes))} arrays.")
-    texts = {"meta_parameters": f"{count:,} meta-parameters\n\n```\n{overview}\n```"}
-    if config:
-        texts["config"] = gin.markdown(config)
-    writer.write_texts(step, texts)
-    writer.write_hparams({**train_arguments, **run_dir.hparams(config)})
-
-
 def _unstack(metrics: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
     """The first ``n`` steps' metrics of a multi-step call, one dict per step."""
     return [{name: values[i] for name, values in metrics.items()} for i in range(n)]
-
-
-def selection_metric(learner, eval_inner_steps, val_sampler, select_metric):
-    """``(metric, mode)`` the best checkpoint is selected by (see `train`)."""
-    names = list(evaluation_settings(learner, eval_inner_steps))
-    if select_metric is None:
-        select_metric = f"val/{names[-1]}/loss"
-    parts = select_metric.split("/")
-    if val_sampler is not None and (len(parts) != 3 or parts[0] != "val" or parts[1] not in names):
-        raise ValueError(
-            f"train.select_metric must be 'val/<setting>/<metric>' with a setting of this "
-            f"learner ({', '.join(names)}), e.g. 'val/{names[-1]}/accuracy'; got "
-            f"{select_metric!r}."
-        )
-    return select_metric, "max" if parts[-1] == "accuracy" else "min"
-
-
-def _validate(validator, best, select_metric: str, state, step: int) -> dict[str, float]:
-    """Evaluates on the validation tasks and offers the state to the best checkpoint (orbax
-    keeps it if its metric is the best so far); a non-finite metric is never offered."""
-    results = validator(state)
-    if select_metric not in results:
-        names = sorted(k for k in results if not k.endswith(("_ci95", "num_tasks")))
-        raise ValueError(
-            f"train.select_metric {select_metric!r} is not a validation metric of this "
-            f"learner; it has {names}."
-        )
-    value = results[select_metric]
-    if np.isfinite(value) and step not in best.all_steps():
-        best.save(step, args=ocp.args.StandardSave(state), metrics={select_metric: value})
-    return results
-
-
-def _write_final_figure(
-    learner, state, sampler, seed, step, inner_steps, writer, workdir, is_chief, console
-):
-    """What adaptation does, for a person, to TensorBoard and the workdir: for regression
-    tasks with a ground truth, a few held-out tasks before and after adaptation
-    (``regression_tasks.png``); for image classification, the first held-out episode with
-    each query marked right or wrong after adaptation (``held_out_episode.png``)."""
-    key = jax.random.fold_in(jax.random.key(seed), FIGURE)
-    title = f"held-out tasks after {step} meta-steps, {inner_steps} inner steps"
-    if figures.has_regression_curves(learner, sampler):
-        console.say("drawing held-out tasks before and after adaptation ...")
-        curves = figures.regression_curves(learner, state, sampler, key, inner_steps)
-        image = figures.regression_figure(figures.RegressionCurves(*fetch(tuple(curves))), title)
-        name, tag = REGRESSION_FIGURE, "regression_tasks"
-    else:
-        episode = first_episode(sampler, seed, EVAL_DATA)
-        if not figures.can_draw_adapted_episode(learner, episode):
-            return
-        console.say("drawing a held-out episode after adaptation ...")
-        predictions = fetch(
-            figures.adapted_query_predictions(learner, state, episode, key, inner_steps)
-        )
-        image = figures.episode_grid(episode, predictions)
-        name, tag = EPISODE_FIGURE, "held_out_episode"
-    writer.write_images(step, {tag: image[None]})
-    if is_chief:
-        figures.save_png(image, workdir / name)

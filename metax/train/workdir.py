@@ -1,29 +1,24 @@
-"""A run's folder: it must be writable, it keeps the config the run was started with (a resume
-with another config is refused unless allowed), and its checkpoints survive corruption."""
+"""A run's folder: it must be writable, and it keeps the config the run was started with (a
+resume with another config is refused unless allowed)."""
 
 import ast
-import collections
 import os
 
 import jax
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from gin import config_parser
 
 CONFIG = "config.gin"
-CHECKPOINTS = "checkpoints"
-BEST_CHECKPOINT = "best_checkpoint"
-CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
 # Bindings a resumed run may change freely: they say how long to run and how often to report,
 # not what is computed at each step.
 SCHEDULE_BINDINGS = frozenset(
     {
         "train.num_steps",
         "train.log_every",
-        "train.eval_every",
-        "train.checkpoint_every",
-        "train.max_checkpoints_to_keep",
+        "Evaluation.every",
+        "Checkpoints.every",
+        "Checkpoints.max_to_keep",
     }
 )
 
@@ -100,19 +95,21 @@ def config_diff(old: str, new: str, ignore: frozenset[str] = frozenset()) -> lis
     ]
 
 
-def stored_config(workdir: epath.Path) -> str | None:
+def stored_config_path(workdir: epath.Path) -> epath.Path | None:
     """The config the run in ``workdir`` last resumed with: the highest ``config.<n>.gin``,
     else ``config.gin``; None for a new workdir."""
     names = [p.name for p in workdir.iterdir()] if workdir.is_dir() else []
     numbered = [f for f in names if f.startswith("config.") and f.endswith(".gin")]
     numbered = [f for f in numbered if f[len("config.") : -len(".gin")].isdigit()]
     if numbered:
-        name = max(numbered, key=lambda f: int(f[len("config.") : -len(".gin")]))
-    elif CONFIG in names:
-        name = CONFIG
-    else:
-        return None
-    return (workdir / name).read_text()
+        return workdir / max(numbered, key=lambda f: int(f[len("config.") : -len(".gin")]))
+    return workdir / CONFIG if CONFIG in names else None
+
+
+def stored_config(workdir: epath.Path) -> str | None:
+    """The text of `stored_config_path`; None for a new workdir."""
+    path = stored_config_path(workdir)
+    return None if path is None else path.read_text()
 
 
 def check_and_store_config(workdir: epath.Path, config: str, allow_change: bool) -> None:
@@ -147,101 +144,3 @@ def check_and_store_config(workdir: epath.Path, config: str, allow_change: bool)
 def _write_once(path: epath.Path, text: str) -> None:
     if jax.process_index() == 0 and not path.exists():
         path.write_text(text)
-
-
-def checkpoint_manager(
-    workdir: epath.Path, max_to_keep: int | None = None
-) -> ocp.CheckpointManager:
-    """Orbax's manager of ``workdir/checkpoints``: a checkpoint is written to a temporary folder
-    and renamed when complete, so a killed save never shows up as a step."""
-    return ocp.CheckpointManager(
-        workdir / CHECKPOINTS,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        item_handlers=ocp.StandardCheckpointHandler(),
-    )
-
-
-def best_checkpoint_manager(workdir: epath.Path, metric: str, mode: str) -> ocp.CheckpointManager:
-    """Orbax's manager of ``workdir/best_checkpoint``: every save carries ``{metric: value}``
-    and orbax keeps only the best one (``mode`` "max" or "min"; orbax's best-checkpoint
-    support), so ``best_step()`` survives restarts with the checkpoint itself."""
-    return ocp.CheckpointManager(
-        workdir / BEST_CHECKPOINT,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1,
-            best_fn=lambda metrics: metrics[metric],
-            best_mode=mode,
-            keep_checkpoints_without_metrics=False,
-            create=True,
-        ),
-        item_handlers=ocp.StandardCheckpointHandler(),
-    )
-
-
-def _shapes(tree) -> collections.Counter:
-    """How many arrays of each shape: comparable between a checkpoint's metadata (where
-    NamedTuples became lists) and a state."""
-    return collections.Counter(tuple(leaf.shape) for leaf in jax.tree.leaves(tree))
-
-
-def restore_latest(
-    manager: ocp.CheckpointManager, abstract_state, set_aside: bool = True, step: int | None = None
-):
-    """``(state, step)`` from the latest readable checkpoint (or exactly ``step``), placed as
-    ``abstract_state`` says (shapes, dtypes, shardings); ``(None, None)`` if there is none.
-
-    An unreadable checkpoint (truncated or damaged files) is skipped with a warning and, if
-    ``set_aside``, moved to ``workdir/corrupt_checkpoints/<step>`` (never deleted) so the run
-    can write that step again. A readable checkpoint whose arrays have other shapes than
-    ``abstract_state`` (the config changed the model) raises a ValueError and stays in place.
-    """
-    steps = sorted(manager.all_steps(), reverse=True)
-    if step is not None:
-        if step not in steps:
-            raise FileNotFoundError(
-                f"No complete checkpoint of step {step} in {manager.directory}; "
-                f"complete ones: {sorted(steps)}."
-            )
-        steps = [step]
-    for candidate in steps:
-        try:
-            stored = _shapes(dict(manager.item_metadata(candidate)))
-            stored = stored if stored else None
-        except Exception:  # noqa: BLE001 (unreadable metadata: the restore below decides)
-            stored = None
-        if stored is not None and stored != _shapes(abstract_state):
-            raise ValueError(
-                f"The checkpoint of step {candidate} in {manager.directory} holds arrays of "
-                f"other shapes than this config's model and learner (the config changed the "
-                f"model); use a new --workdir for it."
-            )
-        try:
-            restored = manager.restore(candidate, args=ocp.args.StandardRestore(abstract_state))
-            return restored, candidate
-        except Exception as error:  # noqa: BLE001 (any failure to read means: unreadable)
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            logging.warning(
-                "The checkpoint of step %d is unreadable (%s); falling back to the one before.",
-                candidate,
-                reason,
-            )
-            if set_aside:
-                _set_aside(manager, candidate)
-    return None, None
-
-
-def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
-    from jax.experimental import multihost_utils
-
-    source = epath.Path(manager.directory) / str(step)
-    target_dir = epath.Path(manager.directory).parent / CORRUPT_CHECKPOINTS
-    if jax.process_index() == 0:
-        target_dir.mkdir(parents=True, exist_ok=True)
-        target = target_dir / str(step)
-        while target.exists():
-            target = target_dir / f"{target.name}_"
-        source.rename(target)
-        logging.warning("Moved the unreadable checkpoint to %s.", target)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"metax: checkpoint {step} set aside")
-    manager.reload()

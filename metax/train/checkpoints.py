@@ -1,0 +1,141 @@
+"""A run's checkpoints: orbax managers of ``workdir/checkpoints`` (and of the best one by a
+validation metric), and restoring the latest readable one, setting damaged ones aside."""
+
+import collections
+import dataclasses
+
+import gin
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from metax.train.settings import check_int
+
+CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINT = "best_checkpoint"
+CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
+
+
+@gin.configurable(module="metax.train")
+@dataclasses.dataclass(frozen=True)
+class Checkpoints:
+    """When a run saves its state (`metax.train.TrainConfig.checkpoints`).
+
+    Attributes:
+      every: a checkpoint every this many meta-steps (and at the last step, and when a
+        signal stops the run).
+      max_to_keep: the newest checkpoints kept; older ones are deleted.
+    """
+
+    every: int = 1000
+    max_to_keep: int = 3
+
+    def __post_init__(self):
+        check_int("Checkpoints.every", self.every)
+        check_int("Checkpoints.max_to_keep", self.max_to_keep)
+
+
+def checkpoint_manager(
+    workdir: epath.Path, max_to_keep: int | None = None, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """Orbax's manager of ``workdir/checkpoints``: a checkpoint is written to a temporary folder
+    and renamed when complete, so a killed save never shows up as a step. ``read_only``:
+    reads only (creates, saves and deletes nothing: what evaluating a run needs)."""
+    return ocp.CheckpointManager(
+        workdir / CHECKPOINTS,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=not read_only, read_only=read_only
+        ),
+        item_handlers=ocp.StandardCheckpointHandler(),
+    )
+
+
+def best_checkpoint_manager(
+    workdir: epath.Path, metric: str, mode: str, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """Orbax's manager of ``workdir/best_checkpoint``: every save carries ``{metric: value}``
+    and orbax keeps only the best one (``mode`` "max" or "min"; orbax's best-checkpoint
+    support), so ``best_step()`` survives restarts with the checkpoint itself. ``read_only``:
+    as for `checkpoint_manager`."""
+    return ocp.CheckpointManager(
+        workdir / BEST_CHECKPOINT,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1,
+            best_fn=lambda metrics: metrics[metric],
+            best_mode=mode,
+            keep_checkpoints_without_metrics=False,
+            create=not read_only,
+            read_only=read_only,
+        ),
+        item_handlers=ocp.StandardCheckpointHandler(),
+    )
+
+
+def _shapes(tree) -> collections.Counter:
+    """How many arrays of each shape: comparable between a checkpoint's metadata (where
+    NamedTuples became lists) and a state."""
+    return collections.Counter(tuple(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, abstract_state, set_aside: bool = True, step: int | None = None
+):
+    """``(state, step)`` from the latest readable checkpoint (or exactly ``step``), placed as
+    ``abstract_state`` says (shapes, dtypes, shardings); ``(None, None)`` if there is none.
+
+    An unreadable checkpoint (truncated or damaged files) is skipped with a warning and, if
+    ``set_aside``, moved to ``workdir/corrupt_checkpoints/<step>`` (never deleted) so the run
+    can write that step again. A readable checkpoint whose arrays have other shapes than
+    ``abstract_state`` (the config changed the model) raises a ValueError and stays in place.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if step is not None:
+        if step not in steps:
+            raise FileNotFoundError(
+                f"No complete checkpoint of step {step} in {manager.directory}; "
+                f"complete ones: {sorted(steps)}."
+            )
+        steps = [step]
+    for candidate in steps:
+        try:
+            stored = _shapes(dict(manager.item_metadata(candidate)))
+            stored = stored if stored else None
+        except Exception:  # noqa: BLE001 (unreadable metadata: the restore below decides)
+            stored = None
+        if stored is not None and stored != _shapes(abstract_state):
+            raise ValueError(
+                f"The checkpoint of step {candidate} in {manager.directory} holds arrays of "
+                f"other shapes than this config's model and learner (the config changed the "
+                f"model); use a new --workdir for it."
+            )
+        try:
+            restored = manager.restore(candidate, args=ocp.args.StandardRestore(abstract_state))
+            return restored, candidate
+        except Exception as error:  # noqa: BLE001 (any failure to read means: unreadable)
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            logging.warning(
+                "The checkpoint of step %d is unreadable (%s); falling back to the one before.",
+                candidate,
+                reason,
+            )
+            if set_aside:
+                _set_aside(manager, candidate)
+    return None, None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+    from jax.experimental import multihost_utils
+
+    source = epath.Path(manager.directory) / str(step)
+    target_dir = epath.Path(manager.directory).parent / CORRUPT_CHECKPOINTS
+    if jax.process_index() == 0:
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / str(step)
+        while target.exists():
+            target = target_dir / f"{target.name}_"
+        source.rename(target)
+        logging.warning("Moved the unreadable checkpoint to %s.", target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"metax: checkpoint {step} set aside")
+    manager.reload()
