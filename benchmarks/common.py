@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from metax.data import builders, omniglot
+from metax.data import omniglot_splits, storage
 
 
 class Candidate(NamedTuple):
@@ -41,13 +41,13 @@ def omniglot_images() -> tuple[np.ndarray, str]:
     are in ``$METAX_OMNIGLOT_DIR`` (default ../shared/data/omniglot), else random images of
     the same shape (timings do not depend on pixel values)."""
     zips = os.environ.get(
-        omniglot.DATA_DIR_ENV,
+        omniglot_splits.DATA_DIR_ENV,
         os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "omniglot"),
     )
     if os.path.exists(os.path.join(zips, "images_background_small1.zip")):
-        data_dir = os.environ.get(builders.TFDS_DIR_ENV) or tempfile.mkdtemp()
+        data_dir = os.environ.get(storage.TFDS_DIR_ENV) or tempfile.mkdtemp()
         with contextlib.redirect_stdout(sys.stderr):  # TFDS reports its preparation on stdout.
-            images = omniglot.omniglot_classes(
+            images = omniglot_splits.omniglot_classes(
                 "train", "minimal", manual_dir=zips, data_dir=data_dir
             )
         return images, "omniglot small1"

@@ -68,7 +68,9 @@ def meta_gradients(out_dir: str) -> None:
         return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
     images, _ = omniglot_images()
-    sampler = data.fewshot(images, ways=WAYS, shots=SHOTS, queries=QUERIES, rotations=True)
+    sampler = data.fewshot(
+        images, data.Episodes(ways=WAYS, shots=SHOTS, queries=QUERIES), rotations=True
+    )
     with jax.enable_x64(False):
         batch32 = data.sample_meta_batch(sampler, jax.random.key(0), GRADIENT_TASKS)
     batch = jax.tree.map(cast, batch32)

@@ -61,16 +61,16 @@ def samplers(images: np.ndarray, workdir: str, num_threads: int):
     settings = dict(
         root=root,
         classes={"train": names},
-        ways=WAYS,
-        shots=SHOTS,
-        queries=QUERIES,
+        episodes=data.Episodes(ways=WAYS, shots=SHOTS, queries=QUERIES),
         image_size=images.shape[2],
         channels=1,
         data_dir=os.path.join(workdir, "tfds"),
     )
     with contextlib.redirect_stdout(sys.stderr):  # TFDS reports its preparation on stdout.
-        on_device = datasets.image_folder(feed="device", **settings)
-        host_fed = datasets.image_folder(feed="host", num_threads=num_threads, **settings)
+        on_device = datasets.image_folder(feed=data.Feed(on="device"), **settings)
+        host_fed = datasets.image_folder(
+            feed=data.Feed(on="host", num_threads=num_threads), **settings
+        )
     return on_device, host_fed
 
 

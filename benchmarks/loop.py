@@ -58,7 +58,7 @@ def setup(name, images):
         optax.adam(1e-3),
         num_inner_steps=1,
     )
-    return maml, data.fewshot(images, ways=5, shots=1, queries=15, rotations=True)
+    return maml, data.fewshot(images, data.Episodes(ways=5, shots=1, queries=15), rotations=True)
 
 
 def end_to_end(name, images, steps_per_call) -> float:

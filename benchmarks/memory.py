@@ -44,7 +44,7 @@ def child(learner_name: str, num_steps: int, remat: bool, task_chunk: str) -> di
     from metax import data, energy, learner, meta_models, nn
 
     images, source = omniglot_images()
-    sampler = data.fewshot(images, ways=5, shots=1, queries=15, rotations=True)
+    sampler = data.fewshot(images, data.Episodes(ways=5, shots=1, queries=15), rotations=True)
     batch = jax.block_until_ready(data.sample_meta_batch(sampler, jax.random.key(0), 32))
     model = nn.sequential(body=nn.conv4(64, pooling="max"), head=nn.linear(5))
     chunk = (

@@ -41,7 +41,9 @@ def main():
     images, source = omniglot_images()
     mark("omniglot loaded")
     maml, _ = workload("W2")
-    sampler = data.fewshot(images, ways=WAYS, shots=SHOTS, queries=QUERIES, rotations=True)
+    sampler = data.fewshot(
+        images, data.Episodes(ways=WAYS, shots=SHOTS, queries=QUERIES), rotations=True
+    )
     batch = jax.block_until_ready(data.sample_meta_batch(sampler, jax.random.key(0), W2_TASKS))
     mark("first meta-batch drawn")
     state = maml.init(jax.random.key(0), batch)

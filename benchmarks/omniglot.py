@@ -43,7 +43,9 @@ def host_episode(rng: np.random.Generator, images: np.ndarray) -> tuple[np.ndarr
 
 
 def benchmark_sampler(images: np.ndarray, batch: int, repeats: int) -> dict:
-    sampler = data.fewshot(images, ways=WAYS, shots=SHOTS, queries=QUERIES, rotations=True)
+    sampler = data.fewshot(
+        images, data.Episodes(ways=WAYS, shots=SHOTS, queries=QUERIES), rotations=True
+    )
     draw = jax.jit(lambda key: data.sample_meta_batch(sampler, key, batch))
     jax.block_until_ready(draw(jax.random.key(0)))
     device_s = []

@@ -230,7 +230,9 @@ def run(name, steps, repeats, images, conv_impl="auto", reference=True) -> dict:
     metax_learner, reference_step = workload(name, conv_impl)
     optimizer = optax.adam(OUTER_LR)
     if name.startswith("W2") or name == "W3":
-        sampler = data.fewshot(images, ways=WAYS, shots=SHOTS, queries=QUERIES, rotations=True)
+        sampler = data.fewshot(
+            images, data.Episodes(ways=WAYS, shots=SHOTS, queries=QUERIES), rotations=True
+        )
         num_tasks = W2_TASKS
     else:
         sampler, num_tasks = data.sinusoid(), W1_TASKS

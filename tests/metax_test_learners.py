@@ -46,7 +46,7 @@ def sampler(name):
     if name == "fewshot_maml":
         # Episodes drawn on device from one image array that every process holds.
         images = np.random.default_rng(0).integers(0, 256, (12, 6, 16, 16, 1), dtype=np.uint8)
-        return data.fewshot(images, ways=3, shots=2, queries=2, rotations=True)
+        return data.fewshot(images, data.Episodes(ways=3, shots=2, queries=2), rotations=True)
     return data.sinusoid(amplitude_range=(0.1, 1.0))
 
 

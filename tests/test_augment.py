@@ -63,21 +63,18 @@ def test_color_jitter_brightness_scales_and_clips_and_zero_strength_is_identity(
 
 def test_fewshot_augments_inside_jit_purely_and_leaves_unaugmented_episodes_alone():
     images = np.random.default_rng(0).integers(0, 256, (6, 4, 8, 8, 3), dtype=np.uint8)
-    plain = data.fewshot(images, ways=3, shots=1, queries=2)
+    plain = data.fewshot(images, data.Episodes(ways=3, shots=1, queries=2))
     augmented = data.fewshot(
         images,
-        ways=3,
-        shots=1,
-        queries=2,
-        augmentations=(data.random_crop(2), data.horizontal_flip()),
+        data.Episodes(
+            ways=3, shots=1, queries=2, augmentations=(data.random_crop(2), data.horizontal_flip())
+        ),
     )
     support_only = data.fewshot(
         images,
-        ways=3,
-        shots=1,
-        queries=2,
-        augmentations=(data.random_crop(2),),
-        augment_query=False,
+        data.Episodes(
+            ways=3, shots=1, queries=2, augmentations=(data.random_crop(2),), augment_query=False
+        ),
     )
     key = jax.random.key(7)
     a = jax.jit(plain.sample_task)(key)
@@ -100,14 +97,15 @@ def test_augmentations_are_configured_from_gin():
     gin.clear_config()
     try:
         gin.parse_config(
-            "metax.data.fewshot.augmentations = "
+            "metax.data.Episodes.augmentations = "
             "(@metax.data.random_crop(), @metax.data.color_jitter())\n"
             "metax.data.random_crop.padding = 1\n"
         )
         images = np.random.default_rng(0).integers(0, 256, (6, 4, 8, 8, 3), dtype=np.uint8)
-        sampler = gin.get_configurable("metax.data.fewshot")(images, ways=2, shots=1, queries=1)
+        episodes = gin.get_configurable("metax.data.Episodes")(ways=2, shots=1, queries=1)
+        sampler = data.fewshot(images, episodes)
     finally:
         gin.clear_config()
-    plain = data.fewshot(images, ways=2, shots=1, queries=1)
+    plain = data.fewshot(images, data.Episodes(ways=2, shots=1, queries=1))
     key = jax.random.key(0)
     assert not np.array_equal(sampler.sample_task(key).support.x, plain.sample_task(key).support.x)

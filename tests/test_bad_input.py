@@ -189,12 +189,14 @@ def test_more_ways_than_classes(tmp_path):
         ["--gin_file=configs/maml_omniglot_minimal.gin", "--gin_bindings=WAYS = 1000"],
         env={"METAX_OMNIGLOT_DIR": zips, "METAX_TFDS_DIR": str(tmp_path / "tfds")},
     )
-    assert "asks for 1000-way episodes but the split has only 544 classes" in line
+    assert "Episodes of 1000 ways, but the split has only 544 classes" in line
 
 
 def test_classification_head_smaller_than_the_number_of_ways():
     images = np.zeros((10, 4, 8, 8, 1), np.uint8)
-    episode = data.fewshot(images, ways=5, shots=1, queries=1).sample_task(jax.random.key(0))
+    episode = data.fewshot(images, data.Episodes(ways=5, shots=1, queries=1)).sample_task(
+        jax.random.key(0)
+    )
     model = nn.sequential(body=nn.conv4(num_channels=2, pooling="strided"), head=nn.linear(3))
     with pytest.raises(ValueError, match=r"outputs shape \(5, 3\) but the tasks are 5-way"):
         checks.check_model_fits_data(meta_models.learned_init(model, energy.cross_entropy), episode)
@@ -235,7 +237,9 @@ def test_python_api_mistakes_get_errors_that_name_the_fix():
         maml.evaluate(state, task, jax.random.key(0), 1)
 
     images = np.random.default_rng(0).integers(0, 256, (12, 6, 8, 8, 1), dtype=np.uint8)
-    episodes = data.sample_meta_batch(data.fewshot(images, 5, 1, 2), jax.random.key(0), 2)
+    episodes = data.sample_meta_batch(
+        data.fewshot(images, data.Episodes(ways=5, shots=1, queries=2)), jax.random.key(0), 2
+    )
     three_way_head = nn.sequential(body=nn.conv4(4, 1), head=nn.linear(3))
     wrong_ways = learner.maml(meta_models.learned_init(three_way_head, energy.cross_entropy))
     with pytest.raises(ValueError, match="5-way classification"):

@@ -91,7 +91,9 @@ def test_maml_meta_gradient_of_conv4_under_jit(x64, pooling, batch_norm, first_o
     meta-parameters; first order, of the query loss in the adapted parameters (FOMAML's
     meta-gradient is its gradient there, averaged over tasks)."""
     images = jax.random.uniform(jax.random.key(0), (4, SHOTS + QUERIES, 12, 12, 1))
-    sampler = data.fewshot(np.asarray(images * 255, np.uint8), WAYS, SHOTS, QUERIES)
+    sampler = data.fewshot(
+        np.asarray(images * 255, np.uint8), data.Episodes(ways=WAYS, shots=SHOTS, queries=QUERIES)
+    )
     batch = data.sample_meta_batch(sampler, jax.random.key(1), TASKS)
     maml = conv_maml(pooling, batch_norm, first_order)
     state = maml.init(jax.random.key(2), batch)

@@ -45,7 +45,7 @@ def conv_maml(**kwargs):
 
 def image_batch(num_tasks=8):
     images = np.random.default_rng(0).integers(0, 256, (10, 6, 8, 8, 1), dtype=np.uint8)
-    sampler = data.fewshot(images, ways=3, shots=2, queries=2)
+    sampler = data.fewshot(images, data.Episodes(ways=3, shots=2, queries=2))
     batch = data.sample_meta_batch(sampler, jax.random.key(0), num_tasks)
     # In float64 when x64 is on (the sampler scales uint8 images to float32).
     return jax.tree.map(lambda x: x.astype(float) if x.dtype == jnp.float32 else x, batch)

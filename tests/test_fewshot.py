@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from metax import data
-from metax.data.fewshot import fewshot
+from metax.data import Episodes, fewshot
 
 NUM_CLASSES, PER_CLASS = 12, 20
 
@@ -18,7 +18,7 @@ def coded_images():
 
 
 def test_episode_shapes_labels_and_disjoint_examples():
-    sampler = fewshot(coded_images(), ways=5, shots=2, queries=3)
+    sampler = fewshot(coded_images(), Episodes(ways=5, shots=2, queries=3))
     batch = jax.jit(lambda k: data.sample_meta_batch(sampler, k, 16))(jax.random.key(0))
     assert batch.support.x.shape == (16, 10, 2, 2, 1) and batch.query.x.shape == (16, 15, 2, 2, 1)
     assert batch.support.y.dtype == jnp.int32
@@ -38,7 +38,7 @@ def test_episode_shapes_labels_and_disjoint_examples():
 
 
 def test_episodes_are_deterministic_per_key_and_differ_across_keys():
-    sampler = fewshot(coded_images(), ways=3, shots=1, queries=2)
+    sampler = fewshot(coded_images(), Episodes(ways=3, shots=1, queries=2))
     a = data.sample_meta_batch(sampler, jax.random.key(1), 4)
     b = data.sample_meta_batch(sampler, jax.random.key(1), 4)
     c = data.sample_meta_batch(sampler, jax.random.key(2), 4)
@@ -47,7 +47,7 @@ def test_episodes_are_deterministic_per_key_and_differ_across_keys():
 
 
 def test_sampling_needs_no_host_transfer_once_compiled():
-    sampler = fewshot(jnp.asarray(coded_images()), ways=3, shots=1, queries=2)
+    sampler = fewshot(jnp.asarray(coded_images()), Episodes(ways=3, shots=1, queries=2))
     sample = jax.jit(lambda k: data.sample_meta_batch(sampler, k, 4))
     key = jax.random.key(3)
     jax.block_until_ready(sample(key))
@@ -57,7 +57,7 @@ def test_sampling_needs_no_host_transfer_once_compiled():
 
 def test_rotations_become_separate_classes():
     images = np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4, 1).astype(np.uint8)
-    sampler = fewshot(images, ways=8, shots=1, queries=2, rotations=True)
+    sampler = fewshot(images, Episodes(ways=8, shots=1, queries=2), rotations=True)
     episode = sampler.sample_task(jax.random.key(0))
     classes = np.asarray(episode.support.info["classes"])
     assert sorted(classes.tolist()) == list(range(8))  # 2 classes x 4 rotations, all drawn.
@@ -70,16 +70,18 @@ def test_rotations_become_separate_classes():
 
 def test_impossible_episodes_are_refused():
     with pytest.raises(ValueError, match="only 12 classes"):
-        fewshot(coded_images(), ways=20)
-    assert fewshot(coded_images(), ways=20, rotations=True)  # 48 classes with rotations.
-    with pytest.raises(ValueError, match="only 20 examples per class"):
-        fewshot(coded_images(), ways=5, shots=5, queries=16)
+        fewshot(coded_images(), Episodes(ways=20))
+    assert fewshot(coded_images(), Episodes(ways=20), rotations=True)  # 48 classes with rotations.
+    with pytest.raises(ValueError, match="only 20 images per class"):
+        fewshot(coded_images(), Episodes(ways=5, shots=5, queries=16))
 
 
 def test_grouped_episodes_draw_all_classes_from_one_group():
     images = np.random.default_rng(0).integers(0, 256, (6, 4, 2, 2, 1), dtype=np.uint8)
     groups = np.array([0, 0, 0, 1, 1, 2])
-    sampler = data.fewshot(images, ways=3, shots=1, queries=1, rotations=True, groups=groups)
+    sampler = data.fewshot(
+        images, data.Episodes(ways=3, shots=1, queries=1), rotations=True, groups=groups
+    )
     seen = set()
     for seed in range(30):
         classes = np.asarray(
@@ -90,6 +92,6 @@ def test_grouped_episodes_draw_all_classes_from_one_group():
         seen |= episode_groups
     assert seen == {0, 1, 2}  # With rotations, even group 2 (one character) has 4 classes.
     with pytest.raises(ValueError, match="no group has 5 classes"):
-        data.fewshot(images, ways=5, shots=1, queries=1, groups=groups)
+        data.fewshot(images, data.Episodes(ways=5, shots=1, queries=1), groups=groups)
     with pytest.raises(ValueError, match="one id per class"):
-        data.fewshot(images, ways=2, shots=1, queries=1, groups=groups[:3])
+        data.fewshot(images, data.Episodes(ways=2, shots=1, queries=1), groups=groups[:3])

@@ -50,7 +50,10 @@ def test_regression_curves_show_the_truth_and_the_adaptation():
     assert np.all(curves.query_mse_after < curves.query_mse_before)
     assert figures.regression_figure(curves).shape == (300, 720, 3)
     assert not figures.has_regression_curves(
-        maml, data.fewshot(jnp.zeros((6, 3, 4, 4, 1), jnp.uint8), 2, 1, 1)
+        maml,
+        data.fewshot(
+            jnp.zeros((6, 3, 4, 4, 1), jnp.uint8), data.Episodes(ways=2, shots=1, queries=1)
+        ),
     )
 
 
@@ -82,7 +85,7 @@ def test_adapted_query_predictions_are_the_argmax_the_accuracy_scores(x64):
     from metax import energy
 
     images = jax.random.uniform(jax.random.key(1), (3, 4, 4, 4, 1))
-    sampler = data.fewshot(images, ways=3, shots=1, queries=3)
+    sampler = data.fewshot(images, data.Episodes(ways=3, shots=1, queries=3))
     model = nn.sequential(body=nn.flatten(), head=nn.mlp([8], 3))
     maml = learner.maml(
         meta_models.learned_init(model, loss_fn=energy.cross_entropy),

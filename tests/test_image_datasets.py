@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from metax import data
 from metax.data import builders, datasets, host
 from metax.train import sharding
 
@@ -24,7 +25,11 @@ def mini(tmp_path_factory):
 def episode_kwargs(mini, **overrides):
     manual, data_dir = mini
     return dict(
-        ways=3, shots=1, queries=2, image_size=10, manual_dir=manual, data_dir=data_dir, **overrides
+        episodes=data.Episodes(ways=3, shots=1, queries=2),
+        image_size=10,
+        manual_dir=manual,
+        data_dir=data_dir,
+        **overrides,
     )
 
 
@@ -56,7 +61,7 @@ def test_mini_imagenet_splits_follow_the_csv_files(mini):
 
 @pytest.mark.parametrize("feed", ["device", "host"])
 def test_mini_imagenet_episodes_hold_the_drawn_classes(mini, feed):
-    sampler = datasets.mini_imagenet(mode="train", feed=feed, **episode_kwargs(mini))
+    sampler = datasets.mini_imagenet(feed=data.Feed(on=feed), mode="train", **episode_kwargs(mini))
     split = builders.SplitSource(
         builders.prepare(builders.MiniImageNet, builders.ImageConfig(10, 10, 3), *mini), "train"
     )
@@ -70,8 +75,8 @@ def test_mini_imagenet_episodes_hold_the_drawn_classes(mini, feed):
 
 def test_tiered_imagenet_has_unequal_classes_and_is_host_fed(tmp_path):
     root = fake.tiered_imagenet(str(tmp_path / "tiered"))
-    kw = dict(ways=2, shots=2, queries=3, image_size=10, manual_dir=root, data_dir=str(tmp_path))
-    sampler = datasets.tiered_imagenet(mode="test", **kw)
+    kw = dict(image_size=10, manual_dir=root, data_dir=str(tmp_path))
+    sampler = datasets.tiered_imagenet("test", data.Episodes(ways=2, shots=2, queries=3), **kw)
     assert isinstance(sampler, host.HostTaskSampler)
     split = builders.SplitSource(
         builders.prepare(
@@ -82,10 +87,11 @@ def test_tiered_imagenet_has_unequal_classes_and_is_host_fed(tmp_path):
     np.testing.assert_array_equal(split.counts, [9, 6, 6])
     for step in range(4):
         check_episode(sampler.sample_task(host.task_rng(0, 1, step, 0)), split, 2, 2, 3)
-    with pytest.raises(ValueError, match="needs equal classes. Use feed='host'"):
-        datasets.tiered_imagenet(mode="test", feed="device", **kw)
-    with pytest.raises(ValueError, match="only 6 examples per class"):
-        datasets.tiered_imagenet(mode="test", **{**kw, "queries": 5})
+    with pytest.raises(ValueError, match=r"needs equal classes. Use Feed\(on='host'\)"):
+        episodes = data.Episodes(ways=2, shots=2, queries=3)
+        datasets.tiered_imagenet("test", episodes, data.Feed(on="device"), **kw)
+    with pytest.raises(ValueError, match="only 6 images per class"):
+        datasets.tiered_imagenet("test", data.Episodes(ways=2, shots=2, queries=5), **kw)
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "python"])
@@ -117,9 +123,14 @@ def test_image_folder_with_a_user_split(tmp_path):
     root = fake.image_folder(str(tmp_path / "folder"))
     classes = {"train": ["c0", "c1", "c2"], "val": ["c3"], "test": ["c4", "c5"]}
     sampler = datasets.image_folder(
-        root=root, classes=classes, mode="test", ways=2, shots=2, queries=3, image_size=(8, 12),
-        channels=1, data_dir=str(tmp_path),
-    )  # fmt: skip
+        root=root,
+        classes=classes,
+        mode="test",
+        episodes=data.Episodes(ways=2, shots=2, queries=3),
+        image_size=(8, 12),
+        channels=1,
+        data_dir=str(tmp_path),
+    )
     batch = jax.jit(sampler.sample_task)(jax.random.key(0))
     assert batch.support.x.shape == (4, 8, 12, 1)
     with pytest.raises(ValueError, match="share classes"):
@@ -139,7 +150,9 @@ def test_missing_files_say_which_and_where(tmp_path, monkeypatch):
 
 
 def test_host_batches_are_the_same_on_any_mesh_and_lifted_sharded(mini):
-    sampler = datasets.mini_imagenet(mode="train", feed="host", **episode_kwargs(mini))
+    sampler = datasets.mini_imagenet(
+        feed=data.Feed(on="host"), mode="train", **episode_kwargs(mini)
+    )
     mesh = sharding.task_mesh()
     assert mesh.size == 8
     batches = host.meta_batches(
@@ -170,7 +183,7 @@ def test_host_fed_training_resumes_exactly(mini, tmp_path):
         num_inner_steps=1,
     )
     train_sampler, val_sampler, eval_sampler = (
-        datasets.mini_imagenet(mode=mode, feed="host", **episode_kwargs(mini))
+        datasets.mini_imagenet(feed=data.Feed(on="host"), mode=mode, **episode_kwargs(mini))
         for mode in ("train", "val", "test")
     )
     config = TrainConfig(
@@ -209,7 +222,7 @@ def test_tiny_config_runs_host_fed_on_two_processes_each_building_its_share(mini
             "launch.train",
             "--gin_file=configs/maml_miniimagenet_tiny.gin",
             f"--workdir={workdir}",
-            "--gin_bindings=metax.data.mini_imagenet.feed = 'host'",
+            "--gin_bindings=metax.data.Feed.on = 'host'",
             f"--coordinator_address=127.0.0.1:{port}",
             "--num_processes=2",
             f"--process_id={i}",

@@ -206,7 +206,11 @@ def test_per_key_optimizer_updates_each_group_with_its_own_optimizer():
 
 def tiny_images(num_tasks=2, dtype=jnp.float64):
     images = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 4, 1), dtype=np.uint8)
-    batch = data.sample_meta_batch(data.fewshot(images, 3, 2, 2), jax.random.key(0), num_tasks)
+    batch = data.sample_meta_batch(
+        data.fewshot(images, data.Episodes(ways=3, shots=2, queries=2)),
+        jax.random.key(0),
+        num_tasks,
+    )
     return jax.tree.map(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a, batch)
 
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from xla_flags import with_device_count
 
-from metax.data import fewshot, omniglot
+from metax.data import Episodes, fewshot, omniglot_builder, omniglot_splits, preprocess
+from metax.data import omniglot as omniglot_episodes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZIPS = os.environ.get(
-    omniglot.DATA_DIR_ENV, os.path.join(os.path.dirname(REPO), "shared", "data", "omniglot")
+    omniglot_splits.DATA_DIR_ENV, os.path.join(os.path.dirname(REPO), "shared", "data", "omniglot")
 )
 HAVE_ZIPS = os.path.exists(os.path.join(ZIPS, "images_background_small1.zip"))
 
@@ -20,8 +21,8 @@ HAVE_ZIPS = os.path.exists(os.path.join(ZIPS, "images_background_small1.zip"))
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     if not HAVE_ZIPS:
-        pytest.skip(f"Omniglot zips not found in {ZIPS} (set {omniglot.DATA_DIR_ENV}).")
-    return omniglot.prepare(ZIPS, str(tmp_path_factory.mktemp("tfds")))
+        pytest.skip(f"Omniglot zips not found in {ZIPS} (set {omniglot_splits.DATA_DIR_ENV}).")
+    return omniglot_builder.prepare(ZIPS, str(tmp_path_factory.mktemp("tfds")))
 
 
 def test_minimal_splits_are_prepared_and_read_back(prepared):
@@ -29,8 +30,8 @@ def test_minimal_splits_are_prepared_and_read_back(prepared):
         "small1": 2720,
         "small2": 3120,
     }
-    small1, alphabets1 = omniglot.load_classes(prepared, "small1")
-    small2, alphabets2 = omniglot.load_classes(prepared, "small2")
+    small1, alphabets1 = omniglot_builder.load_classes(prepared, "small1")
+    small2, alphabets2 = omniglot_builder.load_classes(prepared, "small2")
     assert small1.shape == (136, 20, 28, 28, 1) and small2.shape == (156, 20, 28, 28, 1)
     assert small1.dtype == np.uint8 and small1.max() == 255
     assert 0.02 < small1.mean() / 255 < 0.3  # Ink on empty background, not inverted.
@@ -38,7 +39,9 @@ def test_minimal_splits_are_prepared_and_read_back(prepared):
     # Greek and Latin are in both zips: the minimal meta-test set is small2's other alphabets.
     test_classes = small2[~np.isin(alphabets2, alphabets1)]
     assert len(set(alphabets2) - set(alphabets1)) == 3 and len(test_classes) > 0
-    episode = fewshot(test_classes, ways=5, shots=1, queries=5).sample_task(jax.random.key(0))
+    episode = fewshot(test_classes, Episodes(ways=5, shots=1, queries=5)).sample_task(
+        jax.random.key(0)
+    )
     assert episode.support.x.shape == (5, 28, 28, 1) and episode.query.x.shape == (25, 28, 28, 1)
 
 
@@ -48,9 +51,9 @@ def test_preparing_and_reading_omniglot_imports_no_tensorflow(prepared, tmp_path
     import subprocess
 
     code = (
-        "import sys; from metax.data import omniglot; "
-        f"builder = omniglot.prepare({ZIPS!r}, {str(tmp_path)!r}); "
-        "omniglot.load_classes(builder, 'small2'); "
+        "import sys; from metax.data import omniglot_builder; "
+        f"builder = omniglot_builder.prepare({ZIPS!r}, {str(tmp_path)!r}); "
+        "omniglot_builder.load_classes(builder, 'small2'); "
         "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'"
     )
     result = subprocess.run(
@@ -63,7 +66,7 @@ def test_missing_data_fails_at_once_with_instructions(tmp_path):
     os.makedirs(tmp_path / "empty")
     for folder in ("nowhere", "empty"):
         with pytest.raises(FileNotFoundError, match="No Omniglot zip in.*images_background_small1"):
-            omniglot.prepare(str(tmp_path / folder), str(tmp_path / "tfds"))
+            omniglot_builder.prepare(str(tmp_path / folder), str(tmp_path / "tfds"))
 
 
 def test_maml_learns_5_way_1_shot_on_the_minimal_splits(tmp_path, monkeypatch):
@@ -71,7 +74,7 @@ def test_maml_learns_5_way_1_shot_on_the_minimal_splits(tmp_path, monkeypatch):
     meta-test accuracy after one step, over 100 episodes of small2's unseen alphabets, rises
     well above chance (20%). Measured: 0.275 at initialization -> 0.402."""
     if not HAVE_ZIPS:
-        pytest.skip(f"Omniglot zips not found in {ZIPS} (set {omniglot.DATA_DIR_ENV}).")
+        pytest.skip(f"Omniglot zips not found in {ZIPS} (set {omniglot_splits.DATA_DIR_ENV}).")
     import jax.numpy as jnp
     import optax
 
@@ -80,10 +83,10 @@ def test_maml_learns_5_way_1_shot_on_the_minimal_splits(tmp_path, monkeypatch):
     # Prepared where TFDS users expect it: $TFDS_DATA_DIR (no data_dir, no $METAX_TFDS_DIR).
     monkeypatch.delenv("METAX_TFDS_DIR", raising=False)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    kwargs = dict(splits="minimal", ways=5, shots=1, queries=5, manual_dir=ZIPS)
-    train_sampler = omniglot.omniglot("train", **kwargs)
+    kwargs = dict(splits="minimal", episodes=Episodes(ways=5, shots=1, queries=5), manual_dir=ZIPS)
+    train_sampler = omniglot_episodes("train", **kwargs)
     assert any(name.startswith("omniglot") for name in os.listdir(tmp_path)), os.listdir(tmp_path)
-    test_sampler = omniglot.omniglot("test", **kwargs)
+    test_sampler = omniglot_episodes("test", **kwargs)
     model = nn.sequential(body=nn.conv4(num_channels=16, pooling="strided"), head=nn.linear(5))
     maml = learner.maml(
         meta_models.learned_init(model, loss_fn=energy.cross_entropy),
@@ -126,7 +129,7 @@ def _fake_standard_split(self, split, **unused_kwargs):
         {"image": _fake_drawing(label, d), "label": label, "alphabet": alphabet}
         for alphabet in alphabets[::-1]
         for label in (2 * alphabet + 1, 2 * alphabet)
-        for d in range(omniglot.DRAWINGS_PER_CHARACTER)
+        for d in range(omniglot_builder.DRAWINGS_PER_CHARACTER)
     ]
 
 
@@ -134,8 +137,8 @@ def test_the_standard_tfds_builder_is_read_the_same_way(tmp_path):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(as_data_source_fn=_fake_standard_split):
-        train = omniglot.omniglot_classes("train", "minimal", "tfds", data_dir=str(tmp_path))
-        test = omniglot.omniglot_classes("test", "minimal", "tfds", data_dir=str(tmp_path))
+        train = omniglot_splits.omniglot_classes("train", "minimal", "tfds", data_dir=str(tmp_path))
+        test = omniglot_splits.omniglot_classes("test", "minimal", "tfds", data_dir=str(tmp_path))
     assert train.shape == (4, 20, 28, 28, 1) and test.shape == (2, 20, 28, 28, 1)
     assert train.dtype == np.uint8 and train.max() == 255 and train[0, 0, -1, -1, 0] == 0
     # Classes in label order, drawings in order; meta-test = small2's alphabet 2 (labels 4, 5),
@@ -143,7 +146,7 @@ def test_the_standard_tfds_builder_is_read_the_same_way(tmp_path):
     for images, labels in ((train, (0, 1, 2, 3)), (test, (4, 5))):
         for i, label in enumerate(labels):
             for d in (0, 7):
-                expected = omniglot._resized(_fake_drawing(label, d))
+                expected = preprocess.omniglot_image(_fake_drawing(label, d))
                 np.testing.assert_array_equal(images[i, d], expected)
 
 
@@ -151,7 +154,7 @@ def test_launcher_runs_omniglot_and_shows_the_first_episode_in_tensorboard(tmp_p
     """The minimal-splits config through the launcher, shrunk to 2 meta-steps: the event file
     holds a PNG grid of the first training episode (5 rows of 1 support + 15 query images)."""
     if not HAVE_ZIPS:
-        pytest.skip(f"Omniglot zips not found in {ZIPS} (set {omniglot.DATA_DIR_ENV}).")
+        pytest.skip(f"Omniglot zips not found in {ZIPS} (set {omniglot_splits.DATA_DIR_ENV}).")
     import glob
     import io
     import json
@@ -204,8 +207,10 @@ def test_launcher_runs_omniglot_and_shows_the_first_episode_in_tensorboard(tmp_p
 
 
 def test_within_alphabet_episodes_use_one_alphabet(prepared):
-    images, alphabets = omniglot.load_classes(prepared, "small1")
-    sampler = fewshot(images, ways=5, shots=1, queries=1, rotations=True, groups=alphabets)
+    images, alphabets = omniglot_builder.load_classes(prepared, "small1")
+    sampler = fewshot(
+        images, Episodes(ways=5, shots=1, queries=1), rotations=True, groups=alphabets
+    )
     for seed in range(10):
         classes = np.asarray(sampler.sample_task(jax.random.key(seed)).support.info["classes"])
         assert len(set(alphabets[classes % len(images)].tolist())) == 1
@@ -215,7 +220,9 @@ def test_validation_splits_hold_out_classes_from_training_only(tmp_path):
     import tensorflow_datasets as tfds
 
     def classes(mode, splits):
-        return omniglot.omniglot_classes_and_alphabets(mode, splits, "tfds", data_dir=str(tmp_path))
+        return omniglot_splits.omniglot_classes_and_alphabets(
+            mode, splits, "tfds", data_dir=str(tmp_path)
+        )
 
     with tfds.testing.mock_data(as_data_source_fn=_fake_standard_split):
         train, val, test = (classes(mode, "minimal_val") for mode in ("train", "val", "test"))
@@ -241,7 +248,7 @@ def _fake_zip(folder, split: str, alphabets: tuple[str, ...], characters: int = 
         for a, alphabet in enumerate(alphabets):
             for c in range(characters):
                 label = a * characters + c
-                for d in range(omniglot.DRAWINGS_PER_CHARACTER):
+                for d in range(omniglot_builder.DRAWINGS_PER_CHARACTER):
                     png = io.BytesIO()
                     Image.fromarray(_fake_drawing(label, d)[:, :, 0]).save(png, format="PNG")
                     name = f"images_background_{split}/{alphabet}/character{c + 1:02d}/{d:02d}.png"
@@ -254,12 +261,14 @@ def test_image_size_is_configurable(tmp_path, size):
     _fake_zip(tmp_path, "small1", ("Alpha", "Beta"))
     _fake_zip(tmp_path, "small2", ("Beta", "Gamma"))
     kwargs = dict(manual_dir=str(tmp_path), data_dir=str(tmp_path / "tfds"), image_size=size)
-    images, alphabets = omniglot.omniglot_classes_and_alphabets("train", "minimal", **kwargs)
+    images, alphabets = omniglot_splits.omniglot_classes_and_alphabets("train", "minimal", **kwargs)
     assert images.shape == (4, 20, size, size, 1) and alphabets.tolist() == [0, 0, 1, 1]
     # Class 3 (Beta's second character) holds its 20 drawings, in the prepared files' order.
-    drawings = [_fake_drawing(3, d) for d in range(omniglot.DRAWINGS_PER_CHARACTER)]
-    expected = [255 - x[:, :, :1] if size == 105 else omniglot._resized(x, size) for x in drawings]
+    drawings = [_fake_drawing(3, d) for d in range(omniglot_builder.DRAWINGS_PER_CHARACTER)]
+    expected = [
+        255 - x[:, :, :1] if size == 105 else preprocess.omniglot_image(x, size) for x in drawings
+    ]
     assert sorted(x.tobytes() for x in images[3]) == sorted(x.tobytes() for x in expected)
     assert os.path.isdir(tmp_path / "tfds" / "omniglot_zips" / f"{size}x{size}x1")
-    episode = omniglot.omniglot("train", "minimal", ways=2, queries=1, **kwargs)
+    episode = omniglot_episodes("train", "minimal", episodes=Episodes(ways=2, queries=1), **kwargs)
     assert jax.jit(episode.sample_task)(jax.random.key(0)).query.x.shape == (2, size, size, 1)

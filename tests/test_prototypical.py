@@ -107,7 +107,7 @@ def test_training_loop_evaluates_once_per_episode(tmp_path):
     from metax.train import Checkpoints, Evaluation, TrainConfig, train
 
     images = np.random.default_rng(0).integers(0, 256, (12, 6, 8, 8, 1), dtype=np.uint8)
-    sampler = data.fewshot(images, ways=3, shots=2, queries=2)
+    sampler = data.fewshot(images, data.Episodes(ways=3, shots=2, queries=2))
     model = nn.sequential(flat=nn.flatten(), mlp=nn.mlp([16], 8))
     config = TrainConfig(
         learner=learner.prototypical(model, optax.adam(1e-3)),

@@ -1,7 +1,8 @@
 """Offline TFDS builders for few-shot image datasets, prepared from the files users have.
 
 Each builder reads local files from its manual folder (nothing is downloaded), resizes every
-image to the config's ``(height, width, channels)`` and writes one split per class set
+image to the config's ``(height, width, channels)`` (`metax.data.preprocess.resize_image`) and
+writes one split per class set
 (``train``, ``val``, ``test``) as array_record files, read back without TensorFlow by
 `tfds.data_source`. Examples are written class by class (shuffling disabled), and the split's
 class names and per-class counts are stored in the dataset's metadata, so class ``c`` is the
@@ -31,25 +32,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-SPLIT_NAMES = ("train", "val", "test")
-TFDS_DIR_ENV = "METAX_TFDS_DIR"  # Where prepared datasets live: see `prepared_data_dir`.
+from metax.data.preprocess import resize_image
+from metax.data.storage import SPLIT_NAMES
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 # A class: its name and one zero-argument reader per image (returns a PIL image or an array).
 ImageReader = Callable[[], object]
 ClassFiles = list[tuple[str, list[ImageReader]]]
-
-
-def prepared_data_dir(data_dir: str | None = None) -> str:
-    """Where prepared datasets live: ``data_dir`` if given, else ``$METAX_TFDS_DIR``, else
-    TFDS's own ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's default)."""
-    path = (
-        data_dir
-        or os.environ.get(TFDS_DIR_ENV)
-        or os.environ.get("TFDS_DATA_DIR")
-        or "~/tensorflow_datasets"
-    )
-    return os.path.expanduser(path)
 
 
 class ImageConfig(tfds.core.BuilderConfig):
@@ -64,21 +54,6 @@ class ImageConfig(tfds.core.BuilderConfig):
         super().__init__(name=name, version="1.0.0")
         self.shape = (height, width, channels)
         self.settings = settings
-
-
-def resize(image, shape: tuple[int, int, int]) -> np.ndarray:
-    """A PIL image or ``(h, w[, c])`` uint8 array -> ``shape`` uint8 (antialiased resize,
-    converted to RGB for 3 channels or grey for 1)."""
-    from PIL import Image
-
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
-    height, width, channels = shape
-    image = image.convert("RGB" if channels == 3 else "L")
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.LANCZOS)
-    array = np.asarray(image, dtype=np.uint8)
-    return array if channels == 3 else array[:, :, None]
 
 
 def _file_reader(path: str) -> ImageReader:
@@ -149,7 +124,7 @@ class FewShotImageBuilder(tfds.core.GeneratorBasedBuilder):
         for label, (_, readers) in enumerate(classes):
             for i, read in enumerate(readers):
                 # Keys sort in generation order: class by class.
-                yield f"{label:06d}_{i:07d}", {"image": resize(read(), shape), "label": label}
+                yield f"{label:06d}_{i:07d}", {"image": resize_image(read(), shape), "label": label}
 
 
 def _missing(builder: type[FewShotImageBuilder], manual_dir: str, what: str) -> FileNotFoundError:
@@ -369,19 +344,6 @@ class CifarFewShot(FewShotImageBuilder):
         }
 
 
-def prepare_once_per_host(prepare_fn):
-    """Runs ``prepare_fn`` on process 0 first, then on the others: several hosts may share
-    the data folder (NFS, GCS), and two hosts preparing the same files would race."""
-    import jax
-    from jax.experimental import multihost_utils
-
-    if jax.process_count() == 1:
-        return prepare_fn()
-    result = prepare_fn() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("metax: dataset prepared on process 0")
-    return prepare_fn() if result is None else result
-
-
 def prepare(
     builder_class: type[FewShotImageBuilder], config: ImageConfig, manual_dir: str, data_dir: str
 ):
@@ -436,7 +398,8 @@ class SplitSource:
         if np.any(self.counts != self.counts[0]):
             raise ValueError(
                 f"The classes of this split have {self.counts.min()} to {self.counts.max()} "
-                f"images; the on-device sampler needs equal classes. Use feed='host'."
+                f"images; the on-device sampler needs equal classes. Use "
+                f"Feed(on='host') (gin: metax.data.Feed.on = 'host')."
             )
         indices = np.arange(self.offsets[-1]).reshape(len(self.counts), -1)
         return self.images(indices)

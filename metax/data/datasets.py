@@ -1,14 +1,19 @@
-"""Few-shot episode samplers of the standard image benchmarks, gin-configurable.
+"""Few-shot episode samplers of the standard image benchmarks, gin-configurable: Omniglot
+(`omniglot`, its class splits in `metax.data.omniglot_splits`), mini-ImageNet,
+tiered-ImageNet, CIFAR-FS, FC100 and any image folder.
 
 Each function prepares its dataset once, offline, with its `metax.data.builders` builder (from
 the files in ``manual_dir`` into ``data_dir``, default ``$METAX_TFDS_DIR``, ``$TFDS_DATA_DIR``
 or ``~/tensorflow_datasets``), then returns episodes of one class set (``mode``: 'train', 'val'
-or 'test'). ``feed='device'`` loads the split into one array and samples on device
-(`metax.data.fewshot`: the fastest where the split fits in device memory); ``feed='host'``
-builds episodes on the host by random access, each process only its share of the tasks
-(`metax.data.host`), for splits that do not fit. Both give the same layout: support
-``x: (ways * shots, h, w, c)``, ``y: (ways * shots,)`` labels grouped by class, and the query
-likewise with ``queries`` per class.
+or 'test'), drawn as ``episodes`` says (`metax.data.Episodes`: ways, shots, queries,
+augmentations) and built where ``feed`` says (`metax.data.Feed`): on device, the split as one
+array sampled inside the compiled step (`metax.data.fewshot`), or on the host by random access,
+each process only its share (`metax.data.host`), for splits that do not fit. Both give the same
+layout: support ``x: (ways * shots, h, w, c)``, ``y: (ways * shots,)`` labels grouped by class,
+and the query likewise with ``queries`` per class.
+
+Importing this module registers the samplers with gin and imports no TFDS (the builders load
+it when a dataset is prepared).
 """
 
 import os
@@ -16,172 +21,130 @@ from collections.abc import Mapping, Sequence
 
 import gin
 
-from metax.data import builders
-from metax.data.augment import Augment
+from metax.data.base import TaskSampler
+from metax.data.episodes import Episodes, Feed
 from metax.data.fewshot import fewshot
 from metax.data.host import host_fewshot
+from metax.data.omniglot_splits import omniglot_classes_and_alphabets
+from metax.data.preprocess import OMNIGLOT_SIZE
+from metax.data.storage import SPLIT_NAMES, prepare_once_per_host, prepared_data_dir, source_dir
 
-FEEDS = ("device", "host")
-
-
-def resolve_dir(path: str | None, env: str, fallback: str | None, needs: str) -> str:
-    """``path``, else ``$env``, else ``fallback``; raises FileNotFoundError with ``needs``
-    (what to put there) when none is given."""
-    path = path or os.environ.get(env) or fallback
-    if path is None:
-        raise FileNotFoundError(f"{needs} (no manual_dir given and ${env} is not set)")
-    return os.path.expanduser(path)
+ImageSize = int | Sequence[int]
 
 
-def episodes(
-    builder_class: type[builders.FewShotImageBuilder],
-    config: builders.ImageConfig,
+def _shape(image_size: ImageSize, channels: int) -> tuple[int, int, int]:
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    return height, width, channels
+
+
+def image_episodes(
+    builder_name: str,
+    config,
     manual_dir: str,
     data_dir: str | None,
     mode: str,
-    ways: int,
-    shots: int,
-    queries: int,
-    feed: str,
-    augmentations: Sequence[Augment] = (),
-    augment_query: bool = True,
-    num_threads: int = 4,
+    episodes: Episodes | None,
+    feed: Feed | None,
 ):
-    """Episodes of split ``mode`` of a prepared dataset (see the module docstring)."""
-    if mode not in builders.SPLIT_NAMES:
-        raise ValueError(f"mode must be one of {builders.SPLIT_NAMES}, got {mode!r}.")
-    if feed not in FEEDS:
-        raise ValueError(f"feed must be one of {FEEDS}, got {feed!r}.")
-    data_dir = builders.prepared_data_dir(data_dir)
-    builder = builders.prepare_once_per_host(
+    """Episodes of split ``mode`` of the dataset that `metax.data.builders`' ``builder_name``
+    prepares with ``config`` (an `ImageConfig`) from ``manual_dir`` (see the module
+    docstring)."""
+    from metax.data import builders  # TFDS: only when a dataset is read.
+
+    if mode not in SPLIT_NAMES:
+        raise ValueError(f"mode must be one of {SPLIT_NAMES}, got {mode!r}.")
+    episodes, feed = episodes or Episodes(), feed or Feed()
+    builder_class = getattr(builders, builder_name)
+    data_dir = prepared_data_dir(data_dir)
+    builder = prepare_once_per_host(
         lambda: builders.prepare(builder_class, config, manual_dir, data_dir)
     )
     split = builders.SplitSource(builder, mode)
-    if feed == "device":
-        return fewshot(
-            split.class_arrays(),
-            ways=ways,
-            shots=shots,
-            queries=queries,
-            augmentations=augmentations,
-            augment_query=augment_query,
-        )
-    if augmentations:
-        raise ValueError(
-            "Augmentations run inside the on-device sampler: use feed='device', or no "
-            "augmentations with feed='host'."
-        )
-    return host_fewshot(split, ways=ways, shots=shots, queries=queries, num_threads=num_threads)
+    if feed.on == "device":
+        return fewshot(split.class_arrays(), episodes)
+    return host_fewshot(split, episodes, feed)
 
 
-def _sized(image_size: int | Sequence[int], channels: int, **settings) -> builders.ImageConfig:
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    return builders.ImageConfig(height, width, channels, **settings)
+def _image_config(shape: tuple[int, int, int], **settings):
+    from metax.data import builders
+
+    return builders.ImageConfig(*shape, **settings)
+
+
+def _needs(builder_name: str) -> str:
+    from metax.data import builders
+
+    return getattr(builders, builder_name).FILES
 
 
 @gin.register(module="metax.data")
 def mini_imagenet(
     mode: str = "train",
-    ways: int = 5,
-    shots: int = 1,
-    queries: int = 15,
-    image_size: int | Sequence[int] = 84,
-    feed: str = "device",
+    episodes: Episodes | None = None,
+    feed: Feed | None = None,
+    image_size: ImageSize = 84,
     manual_dir: str | None = None,
     data_dir: str | None = None,
-    augmentations: Sequence[Augment] = (),
-    augment_query: bool = True,
-    num_threads: int = 4,
 ):
     """mini-ImageNet episodes (Ravi & Larochelle split: 64 / 16 / 20 classes of 600 images,
     84x84x3 by default) from ``manual_dir`` or ``$METAX_MINIIMAGENET_DIR`` (see
     `metax.data.builders.MiniImageNet` for the files)."""
-    manual_dir = resolve_dir(
-        manual_dir, "METAX_MINIIMAGENET_DIR", None, builders.MiniImageNet.FILES
-    )
-    return episodes(
-        builders.MiniImageNet, _sized(image_size, 3), manual_dir, data_dir, mode, ways, shots,
-        queries, feed, augmentations, augment_query, num_threads,
-    )  # fmt: skip
+    manual_dir = source_dir(manual_dir, "METAX_MINIIMAGENET_DIR", _needs("MiniImageNet"))
+    config = _image_config(_shape(image_size, 3))
+    return image_episodes("MiniImageNet", config, manual_dir, data_dir, mode, episodes, feed)
 
 
 @gin.register(module="metax.data")
 def tiered_imagenet(
     mode: str = "train",
-    ways: int = 5,
-    shots: int = 1,
-    queries: int = 15,
-    image_size: int | Sequence[int] = 84,
-    feed: str = "host",
+    episodes: Episodes | None = None,
+    feed: Feed | None = None,
+    image_size: ImageSize = 84,
     manual_dir: str | None = None,
     data_dir: str | None = None,
-    num_threads: int = 4,
 ):
     """tiered-ImageNet episodes (351 / 97 / 160 classes of unequal size, 84x84x3) from
     ``manual_dir`` or ``$METAX_TIEREDIMAGENET_DIR``; host-fed by default (the training split
-    is ~9.5 GB at 84x84x3)."""
-    manual_dir = resolve_dir(
-        manual_dir, "METAX_TIEREDIMAGENET_DIR", None, builders.TieredImageNet.FILES
-    )
-    return episodes(
-        builders.TieredImageNet, _sized(image_size, 3), manual_dir, data_dir, mode, ways, shots,
-        queries, feed, num_threads=num_threads,
-    )  # fmt: skip
+    is ~9.5 GB at 84x84x3, and its classes differ in size)."""
+    manual_dir = source_dir(manual_dir, "METAX_TIEREDIMAGENET_DIR", _needs("TieredImageNet"))
+    config = _image_config(_shape(image_size, 3))
+    feed = feed or Feed(on="host")
+    return image_episodes("TieredImageNet", config, manual_dir, data_dir, mode, episodes, feed)
 
 
-def _cifar(variant, mode, ways, shots, queries, image_size, feed, manual_dir, data_dir,
-           augmentations, augment_query, num_threads):  # fmt: skip
-    manual_dir = resolve_dir(manual_dir, "METAX_CIFAR100_DIR", None, builders.CifarFewShot.FILES)
-    config = _sized(image_size, 3, tag=variant, variant=variant)
-    return episodes(
-        builders.CifarFewShot, config, manual_dir, data_dir, mode, ways, shots, queries, feed,
-        augmentations, augment_query, num_threads,
-    )  # fmt: skip
+def _cifar(variant: str, mode, episodes, feed, image_size, manual_dir, data_dir):
+    manual_dir = source_dir(manual_dir, "METAX_CIFAR100_DIR", _needs("CifarFewShot"))
+    config = _image_config(_shape(image_size, 3), tag=variant, variant=variant)
+    return image_episodes("CifarFewShot", config, manual_dir, data_dir, mode, episodes, feed)
 
 
 @gin.register(module="metax.data")
 def cifar_fs(
     mode: str = "train",
-    ways: int = 5,
-    shots: int = 1,
-    queries: int = 15,
-    image_size: int | Sequence[int] = 32,
-    feed: str = "device",
+    episodes: Episodes | None = None,
+    feed: Feed | None = None,
+    image_size: ImageSize = 32,
     manual_dir: str | None = None,
     data_dir: str | None = None,
-    augmentations: Sequence[Augment] = (),
-    augment_query: bool = True,
-    num_threads: int = 4,
 ):
     """CIFAR-FS episodes (Bertinetto et al., 2019: 64 / 16 / 20 CIFAR-100 classes of 600
     images, 32x32x3) from the CIFAR-100 archive in ``manual_dir`` or ``$METAX_CIFAR100_DIR``."""
-    return _cifar(
-        "cifar_fs", mode, ways, shots, queries, image_size, feed, manual_dir, data_dir,
-        augmentations, augment_query, num_threads,
-    )  # fmt: skip
+    return _cifar("cifar_fs", mode, episodes, feed, image_size, manual_dir, data_dir)
 
 
 @gin.register(module="metax.data")
 def fc100(
     mode: str = "train",
-    ways: int = 5,
-    shots: int = 1,
-    queries: int = 15,
-    image_size: int | Sequence[int] = 32,
-    feed: str = "device",
+    episodes: Episodes | None = None,
+    feed: Feed | None = None,
+    image_size: ImageSize = 32,
     manual_dir: str | None = None,
     data_dir: str | None = None,
-    augmentations: Sequence[Augment] = (),
-    augment_query: bool = True,
-    num_threads: int = 4,
 ):
     """FC100 episodes (Oreshkin et al., 2018: CIFAR-100 split by superclass, 12 / 4 / 4
     superclasses = 60 / 20 / 20 classes, 32x32x3) from the CIFAR-100 archive in
     ``manual_dir`` or ``$METAX_CIFAR100_DIR``."""
-    return _cifar(
-        "fc100", mode, ways, shots, queries, image_size, feed, manual_dir, data_dir,
-        augmentations, augment_query, num_threads,
-    )  # fmt: skip
+    return _cifar("fc100", mode, episodes, feed, image_size, manual_dir, data_dir)
 
 
 @gin.register(module="metax.data")
@@ -189,23 +152,63 @@ def image_folder(
     root: str = gin.REQUIRED,
     classes: Mapping[str, Sequence[str]] = gin.REQUIRED,
     mode: str = "train",
-    ways: int = 5,
-    shots: int = 1,
-    queries: int = 15,
-    image_size: int | Sequence[int] = 84,
+    episodes: Episodes | None = None,
+    feed: Feed | None = None,
+    image_size: ImageSize = 84,
     channels: int = 3,
-    feed: str = "device",
     data_dir: str | None = None,
-    augmentations: Sequence[Augment] = (),
-    augment_query: bool = True,
-    num_threads: int = 4,
 ):
     """Episodes of any ``root/<class>/*.{png,jpg,jpeg}``: ``classes`` maps 'train', 'val'
     and 'test' to class folder names (disjoint); images resized to ``image_size`` with
     ``channels`` (1: grey, 3: RGB)."""
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    config = builders.image_folder_config(classes, height, width, channels)
-    return episodes(
-        builders.ImageFolder, config, os.path.expanduser(root), data_dir, mode, ways, shots,
-        queries, feed, augmentations, augment_query, num_threads,
-    )  # fmt: skip
+    from metax.data import builders
+
+    config = builders.image_folder_config(classes, *_shape(image_size, channels))
+    root = os.path.expanduser(root)
+    return image_episodes("ImageFolder", config, root, data_dir, mode, episodes, feed)
+
+
+@gin.register(module="metax.data")
+def omniglot(
+    mode: str = "train",
+    splits: str = "standard",
+    episodes: Episodes | None = None,
+    rotations: bool = True,
+    within_alphabet: bool = False,
+    image_size: int = OMNIGLOT_SIZE,
+    source: str = "zips",
+    manual_dir: str | None = None,
+    data_dir: str | None = None,
+) -> TaskSampler:
+    """N-way K-shot Omniglot episodes, sampled on device.
+
+    Args:
+      mode: ``"train"``, ``"val"`` or ``"test"``: which class set.
+      splits: ``"standard"``, ``"standard_val"``, ``"minimal"`` or ``"minimal_val"``
+        (`metax.data.omniglot_splits.omniglot_classes_and_alphabets`).
+      episodes: ways, shots, queries, augmentations (`metax.data.Episodes`); rotations as
+        extra classes are Omniglot's usual augmentation.
+      rotations: each character rotated by 90, 180 and 270 degrees is a further class (the
+        MAML paper).
+      within_alphabet: every episode's classes come from one alphabet (the harder protocol
+        of Lake et al.).
+      image_size: square side of the images (28 by default).
+      source: ``"zips"`` (offline, from ``manual_dir`` or ``$METAX_OMNIGLOT_DIR``) or
+        ``"tfds"`` (TFDS's ``omniglot`` builder, which downloads).
+      manual_dir, data_dir: where the zips are, and where the prepared data lives
+        (default ``$METAX_TFDS_DIR``, ``$TFDS_DATA_DIR``, ``~/tensorflow_datasets``).
+
+    Returns:
+      A `TaskSampler` of ``(image_size, image_size, 1)`` float images in [0, 1], ink 1. The
+      data is prepared once per image size; every host loads the whole split (any task may
+      draw any class) and samples only its own tasks.
+    """
+    classes, alphabets = omniglot_classes_and_alphabets(
+        mode, splits, source, manual_dir, data_dir, image_size
+    )
+    return fewshot(
+        classes,
+        episodes,
+        rotations=rotations,
+        groups=alphabets if within_alphabet else None,
+    )

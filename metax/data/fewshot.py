@@ -8,73 +8,53 @@ permuted per episode. With ``rotations=True`` each class rotated by 90, 180 and 
 a further class (Vinyals et al., 2016; the MAML paper), rotated on the fly rather than stored.
 """
 
-from collections.abc import Sequence
-
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metax.data.augment import Augment, augment_images
+from metax.data.augment import augment_images
 from metax.data.base import Dataset, MetaBatch, TaskSampler
+from metax.data.episodes import Episodes
 from metax.types import Array, PRNGKey
 
 AUGMENT_TAG = 1  # fold_in tag of the augmentation keys (independent of the episode's draws)
 
 
-def check_episode_sizes(
-    ways: int, shots: int, queries: int, num_classes: int, smallest_class: int
-) -> None:
-    """Raises a ValueError unless ``ways``-way episodes of ``shots + queries`` distinct
-    examples per class can be drawn from ``num_classes`` classes of at least
-    ``smallest_class`` examples."""
-    if ways < 1 or shots < 1 or queries < 1:
-        raise ValueError(
-            f"fewshot needs ways, shots, queries >= 1, got {ways}, {shots}, {queries}."
-        )
-    if ways > num_classes:
-        raise ValueError(
-            f"fewshot asks for {ways}-way episodes but the split has only {num_classes} classes."
-        )
-    if shots + queries > smallest_class:
-        raise ValueError(
-            f"fewshot asks for {shots} shots + {queries} queries per class but the "
-            f"split has only {smallest_class} examples per class (in its smallest class)."
-        )
-
-
 @gin.register(module="metax.data")
 def fewshot(
     images: Array,
-    ways: int = 5,
-    shots: int = 1,
-    queries: int = 15,
+    episodes: Episodes | None = None,
     rotations: bool = False,
-    augmentations: Sequence[Augment] = (),
-    augment_query: bool = True,
     groups: Array | None = None,
 ) -> TaskSampler:
     """Episodes from ``images`` of shape ``(classes, examples_per_class, h, w, c)``; uint8
-    images are scaled to float32 in [0, 1].
+    images are scaled to float32 in [0, 1] (`metax.data.preprocess.scale`).
 
-    ``sample_task(rng)`` returns a MetaBatch with support ``x: (ways * shots, h, w, c)``,
-    ``y: (ways * shots,)`` int32 labels in ``[0, ways)`` and query ``(ways * queries, ...)``,
-    grouped by class (class 0's examples first). ``info["classes"]`` holds the episode's class
-    ids (shape ``(ways,)``): ``r * classes + i`` is class ``i`` rotated by ``r * 90`` degrees.
+    Args:
+      images: the split, ``(classes, examples_per_class, h, w, c)``.
+      episodes: ways, shots, queries and augmentations (`metax.data.Episodes`; None: its
+        defaults, or its gin bindings).
+      rotations: each class rotated by 90, 180 and 270 degrees is a further class.
+      groups: an int group id per class ``(classes,)`` (e.g. Omniglot's alphabets): every
+        episode then draws one group, uniformly among those with at least ``ways`` classes,
+        and its ``ways`` classes from that group only (a rotated class keeps its group).
 
-    ``augmentations`` (`metax.data.augment`: e.g. ``(random_crop(4), horizontal_flip())``) are
-    applied in order to every support image and, with ``augment_query``, every query image,
-    each with its own key from the episode's; none by default (the episode is then exactly
-    the one drawn without this option).
-
-    ``groups``: an int group id per class ``(classes,)`` (e.g. Omniglot's alphabets): every
-    episode then draws one group, uniformly among those with at least ``ways`` classes, and its
-    ``ways`` classes from that group only (a rotated class keeps its group).
+    Returns:
+      A `TaskSampler` whose ``sample_task(rng)`` returns a MetaBatch with support
+      ``x: (ways * shots, h, w, c)``, ``y: (ways * shots,)`` int32 labels in ``[0, ways)`` and
+      query ``(ways * queries, ...)``, grouped by class (class 0's examples first).
+      ``info["classes"]`` holds the episode's class ids ``(ways,)``: ``r * classes + i`` is
+      class ``i`` rotated by ``r * 90`` degrees. Augmentations are applied in order to every
+      support image and, with ``augment_query``, every query image, each with its own key
+      from the episode's; without augmentations the episode is exactly the one drawn.
     """
-    augmentations = tuple(augmentations)
+    episodes = episodes or Episodes()
+    ways, shots, queries = episodes.ways, episodes.shots, episodes.queries
+    augmentations, augment_query = episodes.augmentations, episodes.augment_query
     per_class = images.shape[1]
     num_classes = images.shape[0] * (4 if rotations else 1)
-    check_episode_sizes(ways, shots, queries, num_classes, per_class)
+    episodes.check_fits(num_classes, per_class)
     if rotations and images.shape[2] != images.shape[3]:
         raise ValueError(
             f"fewshot rotations need square images, got {images.shape[2]}x{images.shape[3]}."
@@ -123,8 +103,8 @@ def fewshot(
             chosen = images[base[:, None, None, None], examples[:, :, None, None], rows, cols]
         else:
             chosen = images[base[:, None], examples]  # (ways, shots + queries, h, w, c)
-        if chosen.dtype == jnp.uint8:
-            chosen = chosen.astype(jnp.float32) / 255.0
+        if chosen.dtype == jnp.uint8:  # As metax.data.preprocess.scale.
+            chosen = chosen.astype(jnp.float32) / jnp.float32(255.0)
         labels = jnp.broadcast_to(
             jnp.arange(ways, dtype=jnp.int32)[:, None], (ways, shots + queries)
         )

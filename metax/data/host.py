@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from metax.data.base import Dataset, MetaBatch
-from metax.data.fewshot import check_episode_sizes
+from metax.data.base import Dataset, MetaBatch, TaskSampler
+from metax.data.episodes import Episodes, Feed
 
 if TYPE_CHECKING:
     from metax.data.builders import SplitSource
@@ -35,6 +35,10 @@ class HostTaskSampler(NamedTuple):
     target_fn: None = None
 
 
+Sampler = TaskSampler | HostTaskSampler
+"""Either kind of sampler: drawn on device inside the compiled step, or built on the host."""
+
+
 def task_rng(seed: int, stream: int, step: int, task: int) -> np.random.Generator:
     """The generator of task ``task`` of step ``step`` of stream ``stream``."""
     return np.random.default_rng([seed, stream, step, task])
@@ -49,14 +53,15 @@ def host_meta_batch(
 
 
 def scale_images(batch: MetaBatch) -> MetaBatch:
-    """uint8 inputs -> float32 in [0, 1] (numpy or jax); other inputs unchanged."""
+    """uint8 inputs -> float32 in [0, 1] (`metax.data.preprocess.scale`; numpy or jax); other
+    inputs unchanged."""
 
-    def scale(d: Dataset) -> Dataset:
+    def scaled(d: Dataset) -> Dataset:
         if d.x.dtype == np.uint8:
             return d._replace(x=d.x.astype(np.float32) / np.float32(255.0))
         return d
 
-    return MetaBatch(support=scale(batch.support), query=scale(batch.query))
+    return MetaBatch(support=scaled(batch.support), query=scaled(batch.query))
 
 
 def local_task_ids(sharding: jax.sharding.Sharding, num_tasks: int) -> np.ndarray:
@@ -110,21 +115,34 @@ def meta_batches(
 
 
 def host_fewshot(
-    split: "SplitSource", ways: int = 5, shots: int = 1, queries: int = 15, **options
+    split: "SplitSource", episodes: Episodes | None = None, feed: Feed | None = None
 ) -> HostTaskSampler:
     """N-way K-shot episodes read from a prepared split by random access (`SplitSource`):
     ``ways`` distinct classes, ``shots + queries`` distinct images of each, labels the classes'
     positions in the draw; classes may differ in size. Same layout as `metax.data.fewshot`
     (support ``x: (ways * shots, h, w, c)`` uint8, grouped by class; ``info["classes"]``).
-    ``options``: `HostTaskSampler`'s ``num_threads`` and ``prefetch``."""
+
+    Args:
+      split: the prepared split.
+      episodes: ways, shots, queries (`metax.data.Episodes`; augmentations run on device
+        only, so none here).
+      feed: its ``num_threads`` and ``prefetch`` (`metax.data.Feed`).
+    """
+    episodes, feed = episodes or Episodes(), feed or Feed(on="host")
+    if episodes.augmentations:
+        raise ValueError(
+            "Augmentations run inside the on-device sampler: use Feed(on='device'), or no "
+            "augmentations with the host feed."
+        )
+    ways, shots = episodes.ways, episodes.shots
     num_classes = len(split.counts)
-    check_episode_sizes(ways, shots, queries, num_classes, int(split.counts.min()))
-    labels = np.repeat(np.arange(ways, dtype=np.int32), shots + queries).reshape(ways, -1)
+    episodes.check_fits(num_classes, int(split.counts.min()))
+    labels = np.repeat(np.arange(ways, dtype=np.int32), episodes.per_class).reshape(ways, -1)
 
     def sample_task(rng: np.random.Generator) -> MetaBatch:
         classes = rng.choice(num_classes, ways, replace=False)
         picks = np.stack(
-            [rng.choice(split.counts[c], shots + queries, replace=False) for c in classes]
+            [rng.choice(split.counts[c], episodes.per_class, replace=False) for c in classes]
         )
         images = split.images(split.offsets[classes][:, None] + picks)
         info = {"classes": classes.astype(np.int32)}
@@ -135,4 +153,4 @@ def host_fewshot(
 
         return MetaBatch(support=part(slice(0, shots)), query=part(slice(shots, None)))
 
-    return HostTaskSampler(sample_task, **options)
+    return HostTaskSampler(sample_task, feed.num_threads, feed.prefetch)

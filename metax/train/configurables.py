@@ -15,8 +15,6 @@ import jax
 import optax
 
 import metax.data  # noqa: F401  (registers samplers)
-import metax.data.datasets  # noqa: F401
-import metax.data.omniglot  # noqa: F401
 import metax.energy  # noqa: F401
 import metax.learner  # noqa: F401
 import metax.meta_models  # noqa: F401

@@ -460,7 +460,13 @@ def validate(run: Run) -> dict[str, float]:
         )
     value = results[metric]
     if np.isfinite(value) and run.step not in run.best.all_steps():
+        # The two managers' saves never overlap: with several processes orbax synchronizes
+        # each save under barrier names that both managers share, so a save of one while
+        # the other's is still finishing in the background fails ("Barrier ... is already
+        # ongoing"). Validation is rare: its save waits; the periodic ones stay asynchronous.
+        run.checkpoints.wait_until_finished()
         run.best.save(run.step, args=ocp.args.StandardSave(run.state), metrics={metric: value})
+        run.best.wait_until_finished()
     return results
 
 
