@@ -9,6 +9,7 @@ Masks have shape ``(n,)`` with values in {0, 1}: a masked loss is the mean over 
 samples (padding does not change the loss).
 """
 
+import functools
 from collections.abc import Callable
 
 import gin
@@ -111,7 +112,8 @@ def kl_divergence(
 
 
 def _tree_sum(tree) -> Array:
-    return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree))
+    # A left fold, as Python's sum (0 + x is x exactly): the order of the additions is kept.
+    return functools.reduce(jnp.add, [jnp.sum(leaf) for leaf in jax.tree.leaves(tree)])
 
 
 @gin.register(module="metax.energy")
@@ -152,7 +154,7 @@ def sum_energies(*terms: tuple[Array, Metrics]) -> tuple[Array, Metrics]:
     """Adds ``(value, metrics)`` pairs; metrics are merged (later names win)."""
     if not terms:
         raise ValueError("sum_energies needs at least one (value, metrics) term.")
-    total = sum(value for value, _ in terms)
+    total = functools.reduce(jnp.add, [value for value, _ in terms])
     metrics: Metrics = {}
     for _, m in terms:
         metrics.update(m)

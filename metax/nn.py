@@ -23,7 +23,7 @@ shortcut) becomes ``gain * z + shift`` before the nonlinearity; shapes are the l
 """
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gin
 import jax
@@ -273,7 +273,8 @@ def conv4(
         return conv2d(x, p["w"], stride, conv_impl) + p["b"]
 
     def init(rng: PRNGKey, sample: Array) -> tuple[Params, State]:
-        params, state = {}, {}
+        params: dict[str, Any] = {}
+        state: dict[str, Any] = {}
         c_in = sample.shape[-1]
         for i, key in enumerate(jax.random.split(rng, num_blocks)):
             params[f"block_{i}"] = {
@@ -371,7 +372,8 @@ def resnet12(channels: Sequence[int] = (64, 160, 320, 640), conv_impl: str = "au
         del rng
         h, new_state = inputs, {}
         for i in range(4):
-            p, s, block_state = params[f"block_{i}"], state[f"block_{i}"], {}
+            p, s = params[f"block_{i}"], state[f"block_{i}"]
+            block_state: dict[str, Any] = {}
 
             def normalized(z, name, p=p, s=s, block_state=block_state):
                 z, block_state[name] = _batch_norm(p[name], s[name], z, use_batch_stats=is_training)

@@ -288,15 +288,22 @@ def read_cifar100(manual_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise _missing(CifarFewShot, manual_dir, f"none of {list(CIFAR100_ARCHIVES)}")
     images, fine, coarse = [], [], []
     with tarfile.open(path) as tar:
+
+        def member(name: str):
+            found = tar.extractfile(name)
+            if found is None:
+                raise _missing(CifarFewShot, manual_dir, f"{archive} without {name}")
+            return found
+
         for part in ("train", "test"):
             if archive.startswith("cifar-100-binary"):
-                raw = tar.extractfile(f"cifar-100-binary/{part}.bin").read()
+                raw = member(f"cifar-100-binary/{part}.bin").read()
                 records = np.frombuffer(raw, np.uint8).reshape(-1, 2 + 3072)
                 coarse.append(records[:, 0])
                 fine.append(records[:, 1])
                 pixels = records[:, 2:]
             else:
-                data = pickle.load(tar.extractfile(f"cifar-100-python/{part}"), encoding="bytes")
+                data = pickle.load(member(f"cifar-100-python/{part}"), encoding="bytes")
                 pixels = np.asarray(data[b"data"], np.uint8)
                 fine.append(np.asarray(data[b"fine_labels"]))
                 coarse.append(np.asarray(data[b"coarse_labels"]))

@@ -21,6 +21,24 @@ from metax.types import Array, PRNGKey
 AUGMENT_TAG = 1  # fold_in tag of the augmentation keys (independent of the episode's draws)
 
 
+def _eligible_groups(groups: np.ndarray, num_classes: int, ways: int, rotations: bool):
+    """The group of each class (rotated classes keep theirs), checked, and the groups with at
+    least ``ways`` classes, as device arrays."""
+    if groups.shape != (num_classes,):
+        raise ValueError(
+            f"fewshot groups needs one id per class, shape ({num_classes},), got {groups.shape}."
+        )
+    groups = np.tile(groups, 4) if rotations else groups
+    ids, sizes = np.unique(groups, return_counts=True)
+    eligible = ids[sizes >= ways]
+    if eligible.size == 0:
+        raise ValueError(
+            f"fewshot groups: no group has {ways} classes (largest: {sizes.max()}); lower "
+            f"ways or group classes more coarsely."
+        )
+    return jnp.asarray(groups), jnp.asarray(eligible)
+
+
 @gin.register(module="metax.data")
 def fewshot(
     images: Array,
@@ -59,22 +77,11 @@ def fewshot(
         raise ValueError(
             f"fewshot rotations need square images, got {images.shape[2]}x{images.shape[3]}."
         )
+    class_groups, eligible = None, None
     if groups is not None:
-        groups = np.asarray(groups)
-        if groups.shape != (images.shape[0],):
-            raise ValueError(
-                f"fewshot groups needs one id per class, shape ({images.shape[0]},), got "
-                f"{groups.shape}."
-            )
-        groups = np.tile(groups, 4) if rotations else groups
-        ids, sizes = np.unique(groups, return_counts=True)
-        eligible = ids[sizes >= ways]
-        if eligible.size == 0:
-            raise ValueError(
-                f"fewshot groups: no group has {ways} classes (largest: {sizes.max()}); lower "
-                f"ways or group classes more coarsely."
-            )
-        groups, eligible = jnp.asarray(groups), jnp.asarray(eligible)
+        class_groups, eligible = _eligible_groups(
+            np.asarray(groups), images.shape[0], ways, rotations
+        )
     images = jnp.asarray(images)
     # Source pixel (row, col) of output pixel (i, j) after k quarter turns (as np.rot90).
     side = images.shape[2]
@@ -85,13 +92,15 @@ def fewshot(
 
     def sample_task(rng: PRNGKey) -> MetaBatch:
         k_classes, k_examples = jax.random.split(rng)
-        if groups is None:
+        if class_groups is None:
             classes = jax.random.permutation(k_classes, num_classes)[:ways]
         else:
             k_group, k_order = jax.random.split(k_classes)
-            group = jax.random.choice(k_group, eligible)
+            group = jax.random.choice(k_group, jnp.asarray(eligible))
             # A random order of the group's classes first: the top `ways` random scores.
-            scores = jnp.where(groups == group, jax.random.uniform(k_order, (num_classes,)), -1.0)
+            scores = jnp.where(
+                class_groups == group, jax.random.uniform(k_order, (num_classes,)), -1.0
+            )
             classes = jnp.argsort(-scores)[:ways]
         keys = jax.random.split(k_examples, ways)
         examples = jax.vmap(lambda k: jax.random.permutation(k, per_class)[: shots + queries])(keys)

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from metax.data.base import Dataset, MetaBatch, TaskSampler
 from metax.data.episodes import Episodes, Feed
+from metax.mesh import task_sharded
 
 if TYPE_CHECKING:
     from metax.data.builders import SplitSource
@@ -67,9 +68,9 @@ def scale_images(batch: MetaBatch) -> MetaBatch:
 def local_task_ids(sharding: jax.sharding.Sharding, num_tasks: int) -> np.ndarray:
     """The global task indices that this process's devices hold under ``sharding``, in
     order (what `jax.make_array_from_process_local_data` expects of this process)."""
-    ids = set()
+    ids: set[int] = set()
     for index in sharding.addressable_devices_indices_map((num_tasks,)).values():
-        ids.update(range(num_tasks)[index[0]])
+        ids.update(range(num_tasks) if index is None else range(num_tasks)[index[0]])
     return np.asarray(sorted(ids), dtype=np.int64)
 
 
@@ -95,9 +96,7 @@ def meta_batches(
     on the host: this process builds only the tasks of its own devices."""
     import grain  # Imported here: 3 s, and only the host-fed path needs it.
 
-    from metax.train import sharding as mesh_sharding  # metax.train imports metax.data.
-
-    tasks = mesh_sharding.task_sharded(mesh)
+    tasks = task_sharded(mesh)
     mine = local_task_ids(tasks, num_tasks)
     steps = grain.MapDataset.range(first_step, last_step)
     built = steps.map(lambda step: host_meta_batch(sampler, seed, stream, step, mine))
@@ -147,9 +146,10 @@ def host_fewshot(
         images = split.images(split.offsets[classes][:, None] + picks)
         info = {"classes": classes.astype(np.int32)}
 
-        def part(sl):
-            x = images[:, sl]
-            return Dataset(x=x.reshape(-1, *x.shape[2:]), y=labels[:, sl].reshape(-1), info=info)
+        def part(sl) -> Dataset:
+            x = images[:, sl].reshape(-1, *images.shape[2:])
+            # numpy on the host (`lift` makes them device arrays).
+            return Dataset(x=x, y=labels[:, sl].reshape(-1), info=info)  # type: ignore[arg-type]
 
         return MetaBatch(support=part(slice(0, shots)), query=part(slice(shots, None)))
 

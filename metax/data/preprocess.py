@@ -25,7 +25,7 @@ def resize_image(image, shape: tuple[int, int, int]) -> np.ndarray:
     height, width, channels = shape
     image = image.convert("RGB" if channels == 3 else "L")
     if image.size != (width, height):
-        image = image.resize((width, height), Image.LANCZOS)
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
     array = np.asarray(image, dtype=np.uint8)
     return array if channels == 3 else array[:, :, None]
 
@@ -38,7 +38,7 @@ def omniglot_image(image, size: int = OMNIGLOT_SIZE) -> np.ndarray:
 
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image[..., 0] if image.ndim == 3 else image)
-    image = image.convert("L").resize((size, size), Image.LANCZOS)
+    image = image.convert("L").resize((size, size), Image.Resampling.LANCZOS)
     return (255 - np.asarray(image, dtype=np.uint8))[:, :, None]
 
 

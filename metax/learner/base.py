@@ -19,18 +19,9 @@ from metax.learner.inner import (
     mean_over_tasks,
     resolve_task_chunk,
 )
+from metax.learner.protocols import AdaptFn, EvaluateFn, InitFn, MetaStepFn
 from metax.meta_models.base import MetaModel
-from metax.types import (
-    AdaptFn,
-    Array,
-    EvaluateFn,
-    InitFn,
-    MetaStepFn,
-    Metrics,
-    Params,
-    PRNGKey,
-    State,
-)
+from metax.types import Array, Metrics, Params, PRNGKey, State
 
 
 class MetaState(NamedTuple):
@@ -171,7 +162,7 @@ def check_inner_optimizer(meta_model: MetaModel, inner: InnerLoop, learner_name:
     """Raises a ValueError if the meta-model has meta-parameters that only the inner optimizer
     reads (learned inner learning rates) and ``inner.optimizer`` does not read them all."""
     needed = meta_model.optimizer_keys
-    read = getattr(inner.optimizer.update, "meta_param_keys", frozenset())
+    read: frozenset[str] = getattr(inner.optimizer.update, "meta_param_keys", frozenset())
     if needed - read:
         raise ValueError(
             f"This meta-model meta-learns inner learning rates {sorted(needed)}, but the "
@@ -179,6 +170,19 @@ def check_inner_optimizer(meta_model: MetaModel, inner: InnerLoop, learner_name:
             f"{learner_name}.inner_optimizer = @metax.learner.learned_sgd() in gin, or "
             f"inner_optimizer=metax.learner.learned_sgd() in Python."
         )
+
+
+def _mean_loss_over_tasks(task_loss: Callable) -> Callable:
+    """``(meta_params, model_state, meta_batch, rng) -> (mean loss, per-task metrics)``, the
+    tasks vmapped."""
+
+    def batch_loss(meta_params, model_state, meta_batch, rng):
+        losses, metrics = jax.vmap(
+            lambda task, key: task_loss(meta_params, model_state, task, key)
+        )(meta_batch, task_keys(rng, num_tasks(meta_batch)))
+        return jnp.mean(losses), metrics
+
+    return batch_loss
 
 
 def averaged_meta_step(
@@ -200,26 +204,24 @@ def averaged_meta_step(
     averaged over tasks (under sharding the mean is an all-reduce), ``meta_grad_norm`` is
     added, and ``outer_optimizer`` applies the mean gradient.
     """
-    if (task_loss is None) == (task_meta_grad is None):
+    if task_loss is not None and task_meta_grad is None:
+        estimator = jax.grad(task_loss, has_aux=True)
+        batch_loss = _mean_loss_over_tasks(task_loss)
+    elif task_meta_grad is not None and task_loss is None:
+        estimator, batch_loss = task_meta_grad, None
+    else:
         raise TypeError("Pass exactly one of task_loss and task_meta_grad.")
-
-    def batch_loss(meta_params, model_state, meta_batch, rng):
-        losses, metrics = jax.vmap(
-            lambda task, key: task_loss(meta_params, model_state, task, key)
-        )(meta_batch, task_keys(rng, num_tasks(meta_batch)))
-        return jnp.mean(losses), metrics
 
     def mean_meta_grad(meta_params, model_state, meta_batch, rng):
         n = num_tasks(meta_batch)
         chunk = resolve_task_chunk(task_chunk, n, meta_params)
-        if task_loss is not None and chunk is None:
+        if batch_loss is not None and chunk is None:
             # Differentiating the vmapped mean sums task gradients in the backward pass: no
             # per-task copies of the gradient (what large models on accelerators need).
             (_, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(
                 meta_params, model_state, meta_batch, rng
             )
             return grads, metrics
-        estimator = task_meta_grad or jax.grad(task_loss, has_aux=True)
         return mean_over_tasks(
             lambda task, key: estimator(meta_params, model_state, task, key),
             meta_batch,

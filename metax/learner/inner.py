@@ -11,8 +11,9 @@ import optax
 
 from metax.checks import check_meta_batch
 from metax.data.base import Dataset, MetaBatch, num_tasks
-from metax.meta_models.base import MetaModel
-from metax.types import AdaptFn, Array, EnergyFn, EvaluateFn, Metrics, Params, PRNGKey, State
+from metax.learner.protocols import AdaptFn, EvaluateFn
+from metax.meta_models.base import EnergyFn, MetaModel
+from metax.types import Array, Metrics, Params, PRNGKey, State
 
 MAX_UNROLLED_STEPS = 16
 TaskChunk = int | str | None
@@ -207,7 +208,7 @@ def resolve_task_chunk(task_chunk: TaskChunk, num_tasks: int, meta_params: Param
     time, one per device (faster than vmap there: README, Performance); everything else,
     and every model on GPU/TPU, vmaps all tasks. Other values are returned as they are.
     """
-    if task_chunk != "auto":
+    if not isinstance(task_chunk, str):  # Checked when the learner was built: "auto".
         return task_chunk
     has_conv = any(jnp.ndim(leaf) == 4 for leaf in jax.tree.leaves(meta_params))
     if jax.default_backend() == "cpu" and has_conv:
@@ -396,7 +397,7 @@ def make_evaluate(
     ``task_chunk`` does not divide is vmapped whole: the results are the same, only speed and
     memory differ)."""
 
-    def evaluate(state, meta_batch: MetaBatch, rng: PRNGKey, num_inner_steps: int) -> Metrics:
+    def evaluate(state, meta_batch: MetaBatch, rng: PRNGKey, num_inner_steps: Any) -> Metrics:
         check_meta_batch(meta_batch)
         loop = inner.with_steps(num_inner_steps)
 

@@ -4,7 +4,7 @@ combinators gin cannot call directly (``chain`` takes ``*args``; ``inject_hyperp
 a factory)."""
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gin
 import jax
@@ -18,7 +18,7 @@ from metax.types import Array, Params
 class LearnedSgdState(NamedTuple):
     """count: int32 scalar, the number of steps taken (selects per-step rates)."""
 
-    count: Array
+    count: Array  # type: ignore[assignment]  # As optax names its states' counters.
 
 
 class _ReadsMetaParams:
@@ -37,7 +37,8 @@ class _ReadsMetaParams:
                 f"this meta-model does not have: wrap it with metax.meta_models.learned_rates(...)."
             )
         rates = meta_params[self.key]
-        if jax.tree.structure(rates) != jax.tree.structure(updates):
+        structure: Any = jax.tree.structure(rates)
+        if structure != jax.tree.structure(updates):
             raise ValueError(
                 f"meta_params[{self.key!r}] must mirror the task parameters: got structure "
                 f"{jax.tree.structure(rates)} for parameters {jax.tree.structure(updates)}."

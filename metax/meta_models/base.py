@@ -1,10 +1,36 @@
 """The meta-model interface: what is meta-learned, what adapts per task, and the energies."""
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
+from metax.data.base import Dataset
 from metax.energy import sum_energies
-from metax.types import ApplyFn, Array, EnergyFn, Metrics, Params, PRNGKey, State
+from metax.types import Array, Metrics, Params, PRNGKey, State
+
+
+class ApplyFn(Protocol):
+    """A meta-model's ``apply(meta_params, params, state, rng, inputs, *, is_training) ->
+    (outputs, state)``; ``inputs`` is ``(n, *input_shape)``."""
+
+    def __call__(
+        self,
+        meta_params: Params,
+        params: Params,
+        state: State,
+        rng: PRNGKey,
+        inputs: Array,
+        *,
+        is_training: bool = True,
+    ) -> tuple[Array, State]: ...
+
+
+class EnergyFn(Protocol):
+    """``energy(meta_params, params, state, rng, data) -> (loss, (state, metrics))`` of one task
+    (``data`` without task axis); ``loss`` is a scalar."""
+
+    def __call__(
+        self, meta_params: Params, params: Params, state: State, rng: PRNGKey, data: Dataset
+    ) -> tuple[Array, tuple[State, Metrics]]: ...
 
 
 class MetaModel(NamedTuple):

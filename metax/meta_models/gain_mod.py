@@ -35,7 +35,8 @@ def gain_mod(
     """
     if reg_strength is not None and reg_strength < 0:
         raise ValueError(f"gain_mod reg_strength must be >= 0 or None, got {reg_strength}.")
-    if body.modulation is None:
+    modulation = body.modulation
+    if modulation is None:
         raise ValueError(
             "gain_mod needs a body that declares where it can be modulated (a metax.nn.Model "
             "with `modulation`: nn.mlp, nn.conv4 or nn.resnet12); this body declares none."
@@ -46,7 +47,7 @@ def gain_mod(
 
     def init(rng, sample_input):
         params, state = network.init(rng, sample_input)
-        shapes = body.modulation(params["body"])
+        shapes = modulation(params["body"])
         if not shapes:
             raise ValueError(
                 "gain_mod needs a body with hidden layers to modulate; this body has none "

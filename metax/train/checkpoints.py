@@ -98,9 +98,9 @@ def restore_latest(
             )
         steps = [step]
     for candidate in steps:
+        stored: collections.Counter | None
         try:
-            stored = _shapes(dict(manager.item_metadata(candidate)))
-            stored = stored if stored else None
+            stored = _shapes(dict(manager.item_metadata(candidate))) or None
         except Exception:  # noqa: BLE001 (unreadable metadata: the restore below decides)
             stored = None
         if stored is not None and stored != _shapes(abstract_state):

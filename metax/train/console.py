@@ -167,7 +167,7 @@ class Console:
             spent = time.perf_counter() - start
             if self.bar is not None:
                 self.bar.unpause()
-            if self._interval_start is not None:
+            if self._interval_start is not None and self._run_start is not None:
                 self._interval_start = (self._interval_start[0], self._interval_start[1] + spent)
                 self._run_start = (self._run_start[0], self._run_start[1] + spent)
 
@@ -195,7 +195,7 @@ class Console:
             return
         step = int(final["step"])
         timing = ""
-        if self.compile_seconds is not None:
+        if self.compile_seconds is not None and self._run_start is not None:
             timing = f" (compiling {self.compile_seconds:.1f} s"
             first, then = self._run_start
             if step > first and self._loop_end is not None:

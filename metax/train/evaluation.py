@@ -2,17 +2,19 @@
 best checkpoint is selected by), per-task metrics with means and 95% confidence intervals."""
 
 import dataclasses
+import functools
+from collections.abc import Callable, Iterator
 
 import gin
 import jax
 import numpy as np
 
 from metax.data import host
-from metax.data.base import TaskSampler, sample_meta_batch
+from metax.data.base import MetaBatch, TaskSampler, sample_meta_batch
 from metax.learner.base import Learner, MetaState, evaluation_settings
 from metax.train import sharding
 from metax.train.settings import check_instance, check_int, check_int_tuple, check_optional_int
-from metax.train.step import EVAL_DATA, EVAL_STEP, VAL_DATA, VAL_STEP, fetch, is_host_fed
+from metax.train.step import EVAL_DATA, EVAL_STEP, VAL_DATA, VAL_STEP, fetch
 
 CI95_Z = 1.959963984540054
 SAMPLERS = (TaskSampler, host.HostTaskSampler)
@@ -134,14 +136,20 @@ class Evaluator:
         data_key = jax.random.fold_in(jax.random.key(seed), data_tag)
         step_key = jax.random.fold_in(jax.random.key(seed), step_tag)
         tasks = sharding.task_sharded(mesh)
-        self._host_fed = is_host_fed(sampler)
-        self._batches = lambda: host.meta_batches(
-            sampler, seed, data_tag, 0, self.num_chunks, batch_size, mesh
-        )
+        self._batches: Callable[[], Iterator[MetaBatch]] | None = None
+        if isinstance(sampler, host.HostTaskSampler):
+            # Chunk c holds "step" c of the stream (`metax.data.host`).
+            self._batches = functools.partial(
+                host.meta_batches, sampler, seed, data_tag, 0, self.num_chunks, batch_size, mesh
+            )
+            device_sampler = None
+        else:
+            device_sampler = sampler
 
         def evaluate_chunk(state, chunk, setting, batch=None):
-            if batch is None:
-                batch = sample_meta_batch(sampler, data_key, batch_size, chunk * batch_size)
+            if device_sampler is not None:
+                start = chunk * batch_size
+                batch = sample_meta_batch(device_sampler, data_key, batch_size, start)
                 batch = jax.lax.with_sharding_constraint(batch, tasks)
             else:
                 batch = host.scale_images(batch)
@@ -152,9 +160,8 @@ class Evaluator:
         )
 
     def _chunks(self, state: MetaState, setting) -> list:
-        if not self._host_fed:
+        if self._batches is None:
             return [fetch(self._evaluate_chunk(state, c, setting)) for c in range(self.num_chunks)]
-        # Host-fed tasks: chunk c holds "step" c of the stream (`metax.data.host`).
         return [
             fetch(self._evaluate_chunk(state, c, setting, batch))
             for c, batch in enumerate(self._batches())

@@ -125,7 +125,9 @@ def regression_curves(
     support set (``learner.adapt``), and their query-set errors. Scalar inputs and outputs
     only. One jit compilation; returns device arrays (``metax.train.fetch`` copies them on
     several processes)."""
-    meta_model = learner.meta_model
+    meta_model, adapt, target_fn = learner.meta_model, learner.adapt, sampler.target_fn
+    if meta_model is None or adapt is None or target_fn is None:
+        raise ValueError("regression_curves needs `has_regression_curves` learners and tasks.")
 
     @jax.jit
     def curves(state, rng):
@@ -144,8 +146,8 @@ def regression_curves(
                 return jnp.mean((predict(p, s, task.query.x) - task.query.y[:, 0]) ** 2)
 
             params_0, model_state = meta_model.reset(key, state.meta_params, state.model_state)
-            params, adapted_state = learner.adapt(state, task.support, key, num_inner_steps)
-            truth = sampler.target_fn(key, grid)[:, 0]
+            params, adapted_state = adapt(state, task.support, key, num_inner_steps)
+            truth = target_fn(key, grid)[:, 0]
             return (
                 truth,
                 predict(params_0, model_state, grid),

@@ -32,6 +32,7 @@ from absl import logging
 from etils import epath
 
 from metax import checks
+from metax.data.host import HostTaskSampler, Sampler
 from metax.learner.base import MetaState
 from metax.train import checkpoints as run_checkpoints
 from metax.train import figures, sharding
@@ -48,7 +49,6 @@ from metax.train.step import (
     abstract_state,
     fetch,
     first_episode,
-    is_host_fed,
     make_multi_step,
     make_train_step,
     train_batches,
@@ -138,6 +138,15 @@ class PendingMetrics:
         return metrics
 
 
+class Selection(NamedTuple):
+    """Model selection while a run runs (with `Validation`): the evaluator of the validation
+    tasks, the manager of the best checkpoint and the metric it keeps the best of."""
+
+    evaluator: Evaluator
+    best: ocp.CheckpointManager
+    metric: str
+
+
 @dataclasses.dataclass
 class Run:
     """A run while it runs: its settings, compiled functions, checkpoint managers, writers,
@@ -149,9 +158,8 @@ class Run:
     init: Callable[[], MetaState]
     step_call: StepCall
     evaluator: Evaluator
-    validator: Evaluator | None
+    selection: Selection | None
     checkpoints: ocp.CheckpointManager
-    best: ocp.CheckpointManager | None
     console: Console
     writer: Any
     state: MetaState
@@ -168,8 +176,8 @@ class Run:
         """One shutdown for every exit (end, signal, error): pending saves finish, files
         close."""
         self.checkpoints.close()
-        if self.best is not None:
-            self.best.close()
+        if self.selection is not None:
+            self.selection.best.close()
         self.writer.flush()
         self.writer.close()
 
@@ -200,10 +208,14 @@ def start_up(config: TrainConfig, workdir: str, allow_config_change: bool, verbo
     init, train_step = make_train_step(
         config.learner, config.train_sampler, config.meta_batch_size, mesh, config.seed
     )
-    validator = best = None
+    selection = None
     if config.validation is not None:
-        validator = _evaluator(config, mesh, "val")
-        best = run_checkpoints.best_checkpoint_manager(workdir, *_selection(config))
+        metric, mode = config.validation.selection(config.learner, config.evaluation.inner_steps)
+        selection = Selection(
+            _evaluator(config, mesh, config.validation.sampler, "val"),
+            run_checkpoints.best_checkpoint_manager(workdir, metric, mode),
+            metric,
+        )
     console = Console(
         enabled=jax.process_index() == 0 and verbose,
         num_steps=config.num_steps,
@@ -217,10 +229,9 @@ def start_up(config: TrainConfig, workdir: str, allow_config_change: bool, verbo
         mesh=mesh,
         init=init,
         step_call=_step_call(config, mesh, train_step, step),
-        evaluator=_evaluator(config, mesh, "eval"),
-        validator=validator,
+        evaluator=_evaluator(config, mesh, config.eval_sampler, "eval"),
+        selection=selection,
         checkpoints=checkpoints,
-        best=best,
         console=console,
         writer=writers.create_writer(workdir, jax.process_index() == 0),
         state=state,
@@ -235,8 +246,7 @@ def start_up(config: TrainConfig, workdir: str, allow_config_change: bool, verbo
     return run
 
 
-def _evaluator(config: TrainConfig, mesh, split: str) -> Evaluator:
-    sampler = config.validation.sampler if split == "val" else config.eval_sampler
+def _evaluator(config: TrainConfig, mesh, sampler: Sampler, split: str) -> Evaluator:
     return Evaluator(
         config.learner,
         sampler,
@@ -259,18 +269,13 @@ def _resume(init, mesh, checkpoints, console: Console, num_steps: int) -> tuple[
     return restored, int(fetch(restored.step))
 
 
-def _selection(config: TrainConfig) -> tuple[str, str]:
-    """The validation metric the best checkpoint is selected by, and "max" or "min"."""
-    return config.validation.selection(config.learner, config.evaluation.inner_steps)
-
-
 def _step_call(config: TrainConfig, mesh, train_step, first_step: int) -> StepCall:
     """``step_call(state, n) -> (state, metrics, stacked)``: ``n`` meta-steps in one device
     call of ``train_step`` (`make_train_step`'s) or of `make_multi_step`'s; ``stacked`` is
     None when the metrics are one step's, else ``n`` (metrics with a leading step axis).
     Host-fed runs take one step per call."""
     learner, sampler = config.learner, config.train_sampler
-    if is_host_fed(sampler):
+    if isinstance(sampler, HostTaskSampler):
         feed = train_batches(
             sampler, config.seed, first_step, config.num_steps, config.meta_batch_size, mesh
         )
@@ -350,10 +355,10 @@ def evaluate(run: Run) -> None:
     """Periodic evaluation: on the validation tasks (offering the state to the best
     checkpoint) with validation, else on the meta-test tasks."""
     with run.console.paused():
-        if run.validator is None:
+        if run.selection is None:
             results, split = run.evaluator(run.state), "eval"
         else:
-            results, split = validate(run), "val"
+            results, split = validate(run, run.selection), "val"
     run.writer.write_scalars(run.step, results)
     run.console.evaluated(run.step, results, split)
     release_freed_memory()  # The evaluation programs' compiler heap.
@@ -435,9 +440,9 @@ def final_evaluation(run: Run) -> dict[str, float]:
     checkpoint (validated once more at the last step), and the figure of held-out tasks."""
     final = {"step": float(run.step), **run.train_metrics}
     state = run.state
-    if run.validator is not None:
-        final.update(validate(run))
-        state, best_step = restore_best(run)
+    if run.selection is not None:
+        final.update(validate(run, run.selection))
+        state, best_step = restore_best(run, run.selection)
         final["best/step"] = float(best_step)
     run.console.say(f"final evaluation on {run.evaluator.num_tasks} meta-test tasks ...")
     final.update(run.evaluator(state))
@@ -447,42 +452,42 @@ def final_evaluation(run: Run) -> dict[str, float]:
     return final
 
 
-def validate(run: Run) -> dict[str, float]:
+def validate(run: Run, selection: Selection) -> dict[str, float]:
     """Evaluates on the validation tasks and offers the state to the best checkpoint (orbax
     keeps it if its metric is the best so far); a non-finite metric is never offered."""
-    results = run.validator(run.state)
-    metric, _ = _selection(run.config)
-    if metric not in results:
+    results = selection.evaluator(run.state)
+    if selection.metric not in results:
         names = sorted(k for k in results if not k.endswith(("_ci95", "num_tasks")))
         raise ValueError(
-            f"Validation.metric {metric!r} is not a validation metric of this learner; it has "
-            f"{names}."
+            f"Validation.metric {selection.metric!r} is not a validation metric of this "
+            f"learner; it has {names}."
         )
-    value = results[metric]
-    if np.isfinite(value) and run.step not in run.best.all_steps():
+    value, best = results[selection.metric], selection.best
+    if np.isfinite(value) and run.step not in best.all_steps():
         # The two managers' saves never overlap: with several processes orbax synchronizes
         # each save under barrier names that both managers share, so a save of one while
         # the other's is still finishing in the background fails ("Barrier ... is already
         # ongoing"). Validation is rare: its save waits; the periodic ones stay asynchronous.
         run.checkpoints.wait_until_finished()
-        run.best.save(run.step, args=ocp.args.StandardSave(run.state), metrics={metric: value})
-        run.best.wait_until_finished()
+        best.save(
+            run.step, args=ocp.args.StandardSave(run.state), metrics={selection.metric: value}
+        )
+        best.wait_until_finished()
     return results
 
 
-def restore_best(run: Run) -> tuple[MetaState, int]:
+def restore_best(run: Run, selection: Selection) -> tuple[MetaState, int]:
     """The best checkpoint by the validation metric, and its step."""
-    run.best.wait_until_finished()
-    best_step = run.best.best_step()
-    metric, _ = _selection(run.config)
+    selection.best.wait_until_finished()
+    best_step = selection.best.best_step()
     if best_step is None:
         raise FloatingPointError(
-            f"No finite {metric} in any validation of this run: no best checkpoint to "
-            f"evaluate. Lower the learning rates."
+            f"No finite {selection.metric} in any validation of this run: no best checkpoint "
+            f"to evaluate. Lower the learning rates."
         )
-    logging.info("Evaluating the best checkpoint by %s: step %d.", metric, best_step)
+    logging.info("Evaluating the best checkpoint by %s: step %d.", selection.metric, best_step)
     abstract = abstract_state(run.init, run.mesh)
-    return run.best.restore(best_step, args=ocp.args.StandardRestore(abstract)), best_step
+    return selection.best.restore(best_step, args=ocp.args.StandardRestore(abstract)), best_step
 
 
 def write_final_figure(run: Run, state: MetaState) -> None:

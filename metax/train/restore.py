@@ -96,7 +96,7 @@ def load_config(workdir: str, bindings: Sequence[str] = ()) -> TrainConfig:
             f"{path} holds no metax run (no config.gin); pass the workdir of a run."
         )
     with _gin_config(stored.read_text(), f"the stored config {stored}", bindings):
-        return TrainConfig()
+        return TrainConfig()  # type: ignore[call-arg]  # gin binds them.
 
 
 def _checkpoint_manager(path: epath.Path, config: TrainConfig, checkpoint: str | int):

@@ -1,48 +1,23 @@
-"""One device mesh with one axis: the task axis of a meta-batch is split over it.
-
-Meta-parameters and optimizer state are replicated; each device adapts its share of the
-tasks; the mean over tasks in the meta-gradient becomes an all-reduce that the compiler inserts
-(jit with shardings, no hand-written collectives, so no risk of summing twice).
-"""
+"""A learner's meta-step on the device mesh (`metax.mesh`, re-exported here: ``task_mesh``,
+``replicated``, ``task_sharded``, ``check_divisible``): a meta-batch placed with its task axis
+sharded, and the meta-step compiled for the mesh."""
 
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from metax.data.base import MetaBatch, num_tasks
 from metax.learner.base import Learner
+from metax.mesh import TASK_AXIS, check_divisible, replicated, task_mesh, task_sharded
 
-TASK_AXIS = "tasks"
-
-
-def task_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D mesh named ``"tasks"`` over ``devices`` (default: all devices of all processes)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (TASK_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """Every device holds the whole array (meta-parameters, optimizer state, metrics)."""
-    return NamedSharding(mesh, P())
-
-
-def task_sharded(mesh: Mesh) -> NamedSharding:
-    """The leading (task) axis is split over the mesh; other axes are whole."""
-    return NamedSharding(mesh, P(TASK_AXIS))
-
-
-def check_divisible(num: int, mesh: Mesh, what: str = "meta-batch") -> None:
-    """Raises a ValueError naming both numbers unless ``num`` tasks divide over the mesh."""
-    devices = mesh.size
-    if num % devices:
-        lower, upper = (num // devices) * devices, (num // devices + 1) * devices
-        suggestion = f"{lower} or {upper}" if lower else f"{upper}"
-        raise ValueError(
-            f"The {what} of {num} tasks does not divide over the {devices} devices of the mesh: "
-            f"each device must get the same number of tasks. Use a multiple of {devices} "
-            f"(e.g. {suggestion}), or run on fewer devices."
-        )
+__all__ = [
+    "TASK_AXIS",
+    "check_divisible",
+    "jit_meta_step",
+    "replicated",
+    "shard_meta_batch",
+    "task_mesh",
+    "task_sharded",
+]
 
 
 def shard_meta_batch(meta_batch: MetaBatch, mesh: Mesh) -> MetaBatch:

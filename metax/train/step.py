@@ -65,11 +65,6 @@ def report_learning_rates(meta_step):
     return reporting
 
 
-def is_host_fed(sampler) -> bool:
-    """Whether ``sampler`` builds tasks on the host (`metax.data.host.HostTaskSampler`)."""
-    return isinstance(sampler, host.HostTaskSampler)
-
-
 def make_train_step(
     learner: Learner,
     sampler: TaskSampler | host.HostTaskSampler,
@@ -96,7 +91,7 @@ def make_train_step(
     step_key = jax.random.fold_in(root_key, TRAIN_STEP)
     guarded_step = guard_nonfinite(report_learning_rates(learner.meta_step))
 
-    if is_host_fed(sampler):
+    if isinstance(sampler, host.HostTaskSampler):
         init_from = jax.jit(
             lambda batch: learner.init(
                 jax.random.fold_in(root_key, INIT), host.scale_images(batch)
@@ -160,7 +155,7 @@ def make_multi_step(
     ``train_step`` returns it (the rest is zeros). One host visit per ``n`` steps; the step
     and its divergence guard are unchanged, so each step computes what ``train_step`` does.
     On-device samplers only (a host-fed batch enters per step)."""
-    if is_host_fed(sampler):
+    if isinstance(sampler, host.HostTaskSampler):
         raise ValueError(
             "make_multi_step draws tasks on device; host-fed samplers step one by one."
         )
@@ -211,7 +206,7 @@ def train_batches(
 def first_episode(sampler: TaskSampler | host.HostTaskSampler, seed: int, stream: int = TRAIN_DATA):
     """Task 0 of batch 0 of a key stream of the run (as host arrays): by default what the
     model is fed first; with ``stream=EVAL_DATA``, the first held-out evaluation task."""
-    if is_host_fed(sampler):
+    if isinstance(sampler, host.HostTaskSampler):
         batch = host.scale_images(host.host_meta_batch(sampler, seed, stream, 0, np.arange(1)))
         return jax.tree.map(lambda x: x[0], batch)
     data_key = jax.random.fold_in(jax.random.key(seed), stream)

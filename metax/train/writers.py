@@ -38,10 +38,10 @@ class EventFile:
     """One TensorBoard event file in ``logdir`` (local or an epath such as gs://...)."""
 
     def __init__(self, logdir: str | os.PathLike):
-        logdir = epath.Path(logdir)
-        logdir.mkdir(parents=True, exist_ok=True)
+        folder = epath.Path(logdir)
+        folder.mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}.{os.getpid()}"
-        self.path = logdir / name
+        self.path = folder / name
         self._file = self.path.open("wb")
         self._records = RecordWriter(self._file)
         self._last_flush = time.monotonic()
