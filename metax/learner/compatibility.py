@@ -1,77 +1,59 @@
-"""Which learner works with which meta-model, found by building each pair (one source of truth
-for the table in docs/api.md: ``python -m metax.learner.compatibility`` prints it)."""
+"""Which learner works with which meta-model, found by building each registered pair (the
+registries: `metax.learner.registry`, `metax.meta_models.registry`). One source of truth for
+the tables in README.md and the docs: ``python -m metax.learner.compatibility`` prints it."""
 
-from collections.abc import Callable
-
-import jax.numpy as jnp
-
-from metax import meta_models, nn
-from metax.learner.eqprop import eqprop
-from metax.learner.evolution import evolution
-from metax.learner.implicit import implicit
-from metax.learner.maml import maml
 from metax.learner.optimizers import learned_sgd
-from metax.learner.reptile import buffered_reptile, reptile
+from metax.learner.registry import LEARNERS, LearnerEntry
+from metax.meta_models.base import MetaModel
+from metax.meta_models.registry import META_MODELS
 
-LEARNERS: dict[str, Callable] = {
-    "`maml` (second order, first order, truncated, multi-step loss)": maml,
-    "`reptile`": reptile,
-    "`buffered_reptile`": buffered_reptile,
-    "`implicit` (CG, GMRES, BiCGSTAB, recurrent backprop, T1T2)": implicit,
-    "`eqprop` (and symmetric)": eqprop,
-    "`evolution` (any evosax strategy)": evolution,
-}
+YES, REGULARIZED, NO = "yes", "with `reg_strength`", "no"
 
 
-def _meta_models(reg_strength: float | None) -> dict[str, meta_models.MetaModel | None]:
-    """Each built-in meta-model on a small MLP; with ``reg_strength`` the variants that take it
-    (None where a meta-model has no such option)."""
-    mlp = nn.mlp([4], 1, activation=jnp.tanh)
-    body, head = nn.mlp([4], 4, activate_final=True), nn.linear(1)
-    regularized = {} if reg_strength is None else {"reg_strength": reg_strength}
-    return {
-        "learned init": meta_models.learned_init(mlp, **regularized),
-        "ANIL": None if regularized else meta_models.anil(body, head),
-        "CAVIA": None if regularized else meta_models.cavia(mlp),
-        "complex synapse": None if regularized else meta_models.complex_synapse(mlp),
-        "gain modulation": meta_models.gain_mod(body, head, **regularized),
-        "learned rates (Meta-SGD, LSLR)": None
-        if regularized
-        else meta_models.learned_rates(meta_models.learned_init(mlp)),
-    }
+def build_example(entry: LearnerEntry, meta_model: MetaModel):
+    """``entry``'s example learner on ``meta_model`` (with `learned_sgd` as inner optimizer
+    where the meta-model learns inner rates). Raises the learner's ValueError if it refuses
+    the meta-model."""
+    overrides = {"inner_optimizer": learned_sgd()} if meta_model.optimizer_keys else {}
+    return entry.example(meta_model, **overrides)
 
 
-def _builds(make: Callable, meta_model) -> bool:
+def _builds(entry: LearnerEntry, meta_model: MetaModel | None) -> bool:
     if meta_model is None:
         return False
-    kwargs = {"inner_optimizer": learned_sgd()} if meta_model.optimizer_keys else {}
     try:
-        make(meta_model, **kwargs)
+        build_example(entry, meta_model)
     except ValueError:
         return False
     return True
 
 
 def compatibility() -> dict[str, dict[str, str]]:
-    """``{learner: {meta-model: "yes" | "with `reg_strength`" | "no"}}``: whether the learner
-    can be built with the meta-model as is, only with its ``reg_strength`` option, or not."""
-    plain, regularized = _meta_models(None), _meta_models(1.0)
+    """``{learner label: {meta-model label: "yes" | "with `reg_strength`" | "no"}}`` for every
+    registered learner that takes a meta-model: whether it can be built with the meta-model's
+    example as is, only with its ``reg_strength`` option, or not. Rows and columns in
+    alphabetical order of the factories' names."""
     table = {}
-    for learner_name, make in LEARNERS.items():
+    for learner_name in sorted(LEARNERS):
+        entry = LEARNERS[learner_name]
+        if entry.takes != "meta_model":
+            continue
         row = {}
-        for name, meta_model in plain.items():
-            if _builds(make, meta_model):
-                row[name] = "yes"
-            elif _builds(make, regularized[name]):
-                row[name] = "with `reg_strength`"
+        for meta_model_name in sorted(META_MODELS):
+            meta_model = META_MODELS[meta_model_name]
+            regularized = meta_model.regularized_example
+            if _builds(entry, meta_model.example()):
+                row[meta_model.label] = YES
+            elif regularized is not None and _builds(entry, regularized()):
+                row[meta_model.label] = REGULARIZED
             else:
-                row[name] = "no"
-        table[learner_name] = row
+                row[meta_model.label] = NO
+        table[entry.label] = row
     return table
 
 
 def markdown_table() -> str:
-    """`compatibility` as the markdown table of docs/api.md."""
+    """`compatibility` as a markdown table, and the learners that take a model instead."""
     table = compatibility()
     columns = list(next(iter(table.values())))
     lines = [
@@ -79,6 +61,9 @@ def markdown_table() -> str:
         "|---" * (len(columns) + 1) + "|",
     ]
     lines += [f"| {learner} | " + " | ".join(row.values()) + " |" for learner, row in table.items()]
+    others = [e.label for name, e in sorted(LEARNERS.items()) if e.takes == "model"]
+    if others:
+        lines += ["", f"No meta-model, an embedding model: {', '.join(others)}."]
     return "\n".join(lines)
 
 

@@ -1,6 +1,5 @@
 """Equilibrium propagation as in the contrastive meta-learning rule (CML, Zucchet et al. 2022)."""
 
-import gin
 import jax
 import optax
 
@@ -12,10 +11,23 @@ from metax.learner.base import (
     prefix,
 )
 from metax.learner.inner import InnerLoop, TaskChunk, adapt_task, run_inner_loop
+from metax.learner.registry import register_learner
 from metax.meta_models.base import MetaModel
 
 
-@gin.register(module="metax.learner")
+@register_learner(
+    example=lambda meta_model, **kw: eqprop(
+        meta_model,
+        **{
+            "inner_optimizer": optax.sgd(0.05),
+            "outer_optimizer": optax.sgd(0.1),
+            "num_inner_steps": 2,
+            "num_nudged_steps": 1,
+            **kw,
+        },
+    ),
+    label="`eqprop` (and symmetric)",
+)
 def eqprop(
     meta_model: MetaModel,
     inner_optimizer: optax.GradientTransformation = optax.sgd(0.01),

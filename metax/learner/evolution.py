@@ -1,6 +1,5 @@
 """Evolution strategies from evosax searching the meta-parameters (no meta-gradient)."""
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,10 +16,17 @@ from metax.learner.base import (
     task_keys,
 )
 from metax.learner.inner import InnerLoop, TaskChunk, adapt_and_score, map_tasks, resolve_task_chunk
+from metax.learner.registry import register_learner
 from metax.meta_models.base import MetaModel
 
 
-@gin.register(module="metax.learner")
+@register_learner(
+    example=lambda meta_model, **kw: evolution(
+        meta_model,
+        **{"population_size": 4, "inner_optimizer": optax.sgd(0.05), "num_inner_steps": 2, **kw},
+    ),
+    label="`evolution` (any evosax strategy)",
+)
 def evolution(
     meta_model: MetaModel,
     strategy: str = "Open_ES",

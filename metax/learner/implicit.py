@@ -26,6 +26,7 @@ from metax.learner.base import (
     prefix,
 )
 from metax.learner.inner import InnerLoop, TaskChunk, adapt_task
+from metax.learner.registry import register_learner
 from metax.meta_models.base import MetaModel
 from metax.types import Params
 
@@ -100,7 +101,19 @@ def t1t2() -> InverseHvp:
     return InverseHvp(lambda hvp, v: v)
 
 
-@gin.register(module="metax.learner")
+@register_learner(
+    example=lambda meta_model, **kw: implicit(
+        meta_model,
+        **{
+            "inverse_hvp": conjugate_gradient(2),
+            "inner_optimizer": optax.sgd(0.05),
+            "outer_optimizer": optax.sgd(0.1),
+            "num_inner_steps": 2,
+            **kw,
+        },
+    ),
+    label="`implicit` (CG, GMRES, BiCGSTAB, recurrent backprop, T1T2)",
+)
 def implicit(
     meta_model: MetaModel,
     inverse_hvp: InverseHvp | None = None,

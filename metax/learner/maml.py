@@ -3,7 +3,6 @@ MAML++'s multi-step loss."""
 
 from collections.abc import Sequence
 
-import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -15,10 +14,22 @@ from metax.learner.inner import (
     adapt_task,
     stop_gradient_through_adaptation,
 )
+from metax.learner.registry import register_learner
 from metax.meta_models.base import MetaModel
 
 
-@gin.register(module="metax.learner")
+@register_learner(
+    example=lambda meta_model, **kw: maml(
+        meta_model,
+        **{
+            "inner_optimizer": optax.sgd(0.05),
+            "outer_optimizer": optax.sgd(0.1),
+            "num_inner_steps": 2,
+            **kw,
+        },
+    ),
+    label="`maml` (second order, first order, truncated, multi-step loss)",
+)
 def maml(
     meta_model: MetaModel,
     inner_optimizer: optax.GradientTransformation = optax.sgd(0.01),

@@ -45,7 +45,8 @@ class _ReadsMetaParams:
             )
 
         def step(g, r):
-            rate = r[jnp.minimum(state.count, r.shape[0] - 1)]
+            # jnp: the rates may be host (numpy) arrays, indexed by a traced count.
+            rate = jnp.asarray(r)[jnp.minimum(state.count, r.shape[0] - 1)]
             return (-rate * g).astype(g.dtype)
 
         return jax.tree.map(step, updates, rates), LearnedSgdState(state.count + 1)

@@ -1,6 +1,5 @@
 """Prototypical networks (Snell et al., 2017): a metric-based learner with no inner loop."""
 
-import gin
 import jax
 import jax.numpy as jnp
 import optax
@@ -10,6 +9,7 @@ from metax.checks import check_meta_batch
 from metax.data.base import Dataset, MetaBatch
 from metax.learner.base import Learner, MetaState, averaged_meta_step, prefix, task_keys
 from metax.learner.inner import TaskChunk, check_task_chunk, map_tasks, resolve_task_chunk
+from metax.learner.registry import register_learner
 from metax.types import Array, Metrics, Params, PRNGKey, State
 
 EVAL_SETTING = "prototypes"
@@ -28,7 +28,11 @@ def prototype_logits(support_embeddings: Array, labels: Array, query_embeddings:
     return jnp.where(counts > 0, -distances, -jnp.inf)
 
 
-@gin.register(module="metax.learner")
+@register_learner(
+    example=lambda model, **kw: prototypical(model, **{"outer_optimizer": optax.sgd(0.1), **kw}),
+    takes="model",
+    tasks="classification",
+)
 def prototypical(
     model: nn.Model,
     outer_optimizer: optax.GradientTransformation = optax.adam(1e-3),

@@ -1,7 +1,6 @@
 """Reptile and buffered Reptile: first-order learners that need no backward pass through the
 inner loop."""
 
-import gin
 import jax
 import optax
 
@@ -13,6 +12,7 @@ from metax.learner.base import (
     prefix,
 )
 from metax.learner.inner import InnerLoop, TaskChunk, adapt_task
+from metax.learner.registry import register_learner
 from metax.meta_models.base import MetaModel
 
 
@@ -47,7 +47,17 @@ def _reptile_learner(meta_model, inner, outer_optimizer, task_meta_grad, task_ch
     )
 
 
-@gin.register(module="metax.learner")
+@register_learner(
+    example=lambda meta_model, **kw: reptile(
+        meta_model,
+        **{
+            "inner_optimizer": optax.sgd(0.05),
+            "outer_optimizer": optax.sgd(0.1),
+            "num_inner_steps": 2,
+            **kw,
+        },
+    ),
+)
 def reptile(
     meta_model: MetaModel,
     inner_optimizer: optax.GradientTransformation = optax.sgd(0.01),
@@ -92,7 +102,17 @@ def reptile(
     )
 
 
-@gin.register(module="metax.learner")
+@register_learner(
+    example=lambda meta_model, **kw: buffered_reptile(
+        meta_model,
+        **{
+            "inner_optimizer": optax.sgd(0.05),
+            "outer_optimizer": optax.sgd(0.1),
+            "num_inner_steps": 2,
+            **kw,
+        },
+    ),
+)
 def buffered_reptile(
     meta_model: MetaModel,
     inner_optimizer: optax.GradientTransformation = optax.sgd(0.01),

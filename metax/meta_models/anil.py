@@ -1,13 +1,15 @@
 """ANIL: a meta-learned shared body; only the head adapts per task."""
 
-import gin
-
 from metax import energy, nn
 from metax.energy import Energy
 from metax.meta_models.base import MetaModel, make_energies
+from metax.meta_models.registry import register_meta_model, tiny_mlp
 
 
-@gin.register(module="metax.meta_models")
+@register_meta_model(
+    example=lambda: anil(tiny_mlp(4, activate_final=True), nn.linear(1)),
+    label="ANIL",
+)
 def anil(
     body: nn.Model,
     head: nn.Model,

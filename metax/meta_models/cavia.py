@@ -1,15 +1,18 @@
 """CAVIA: the whole network is meta-learned; a context vector fed with the input adapts."""
 
-import gin
 import jax
 import jax.numpy as jnp
 
 from metax import energy, nn
 from metax.energy import Energy
 from metax.meta_models.base import MetaModel, make_energies
+from metax.meta_models.registry import register_meta_model, tiny_mlp
 
 
-@gin.register(module="metax.meta_models")
+@register_meta_model(
+    example=lambda: cavia(tiny_mlp(), embedding_dim=2),
+    label="CAVIA",
+)
 def cavia(
     model: nn.Model,
     embedding_dim: int = 5,

@@ -1,15 +1,18 @@
 """Complex synapse (CML): task weights pulled towards meta-learned anchors, learned strengths."""
 
-import gin
 import jax
 import jax.numpy as jnp
 
 from metax import energy, nn
 from metax.energy import Energy
 from metax.meta_models.base import MetaModel, make_energies
+from metax.meta_models.registry import register_meta_model, tiny_mlp
 
 
-@gin.register(module="metax.meta_models")
+@register_meta_model(
+    example=lambda: complex_synapse(tiny_mlp()),
+    label="complex synapse",
+)
 def complex_synapse(
     model: nn.Model,
     loss_fn: Energy = energy.squared_error,

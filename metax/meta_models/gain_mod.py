@@ -1,14 +1,20 @@
 """Gain modulation (CML): a meta-learned body whose hidden units get task-specific gains, shifts."""
 
-import gin
 import jax.numpy as jnp
 
 from metax import energy, nn
 from metax.energy import Energy
 from metax.meta_models.base import MetaModel, make_energies
+from metax.meta_models.registry import register_meta_model, tiny_mlp
 
 
-@gin.register(module="metax.meta_models")
+@register_meta_model(
+    example=lambda: gain_mod(tiny_mlp(4, activate_final=True), nn.linear(1)),
+    regularized_example=lambda: gain_mod(
+        tiny_mlp(4, activate_final=True), nn.linear(1), reg_strength=0.1
+    ),
+    label="gain modulation",
+)
 def gain_mod(
     body: nn.Model,
     head: nn.Model,

@@ -1,13 +1,16 @@
 """Learned initialization (MAML): the meta-parameters are the base model's initial weights."""
 
-import gin
-
 from metax import energy, nn
 from metax.energy import Energy
 from metax.meta_models.base import MetaModel, make_energies
+from metax.meta_models.registry import register_meta_model, tiny_mlp
 
 
-@gin.register(module="metax.meta_models")
+@register_meta_model(
+    example=lambda: learned_init(tiny_mlp()),
+    regularized_example=lambda: learned_init(tiny_mlp(), reg_strength=1.0),
+    label="learned init",
+)
 def learned_init(
     model: nn.Model,
     loss_fn: Energy = energy.squared_error,

@@ -1,16 +1,20 @@
 """Meta-learned inner learning rates (Meta-SGD, MAML++'s LSLR) added to any meta-model."""
 
-import gin
 import jax
 import jax.numpy as jnp
 
 from metax.meta_models.base import MetaModel
+from metax.meta_models.learned_init import learned_init
+from metax.meta_models.registry import register_meta_model, tiny_mlp
 
 RATES_KEY = "lr"
 RATE_LAYOUTS = ("parameter", "layer")
 
 
-@gin.register(module="metax.meta_models")
+@register_meta_model(
+    example=lambda: learned_rates(learned_init(tiny_mlp())),
+    label="learned rates (Meta-SGD, LSLR)",
+)
 def learned_rates(
     meta_model: MetaModel,
     per: str = "parameter",
