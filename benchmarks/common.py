@@ -47,7 +47,7 @@ def omniglot_images() -> tuple[np.ndarray, str]:
     if os.path.exists(os.path.join(zips, "images_background_small1.zip")):
         data_dir = os.environ.get(storage.TFDS_DIR_ENV) or tempfile.mkdtemp()
         with contextlib.redirect_stdout(sys.stderr):  # TFDS reports its preparation on stdout.
-            images = omniglot_splits.omniglot_classes(
+            images, _ = omniglot_splits.omniglot_classes_and_alphabets(
                 "train", "minimal", manual_dir=zips, data_dir=data_dir
             )
         return images, "omniglot small1"

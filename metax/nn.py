@@ -146,11 +146,12 @@ def conv2d(x: Array, w: Array, stride: int = 1, impl: str = "auto") -> Array:
 
     ``impl="lax"`` is `jax.lax.conv_general_dilated`; ``impl="matmul"`` computes the same sum
     as one matrix product of the kh * kw shifted copies of ``x`` (im2col) with the reshaped
-    kernel. Both are exact; they differ in speed. On XLA:CPU the matmul form is 5-20x faster
-    for meta-learning, whose backward and second-order passes are dominated by convolution
-    gradients that XLA:CPU runs slowly (and under `jax.vmap` with per-task kernels as grouped
-    convolutions); on GPU/TPU ``lax`` uses the native convolution units. ``"auto"`` picks
-    ``matmul`` on CPU and ``lax`` elsewhere.
+    kernel. Both are exact; they differ in speed. On XLA:CPU the matmul form is several times
+    faster for meta-learning, whose backward and second-order passes are dominated by
+    convolution gradients that XLA:CPU runs slowly (and under `jax.vmap` with per-task kernels
+    as grouped convolutions; benchmarks/cpu_backends.py measures both); on GPU/TPU ``lax``
+    uses the native convolution units. ``"auto"`` picks ``matmul`` on CPU and ``lax``
+    elsewhere.
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}.")
@@ -183,7 +184,7 @@ def conv2d(x: Array, w: Array, stride: int = 1, impl: str = "auto") -> Array:
     # One 2-D matmul over all positions: its weight gradient is then a single-contraction dot
     # that XLA runs as patches^T @ grad. Multiplying the 4-D patches instead makes XLA:CPU
     # transpose the whole activation gradient to canonicalize the three contracted axes
-    # (conv4's first layer: 16 ms of W3's 87 ms a task; 11.0 -> 14.6 tasks/s).
+    # (a large share of conv4's first layer; benchmarks/suite.py, W3).
     n = patches.shape[0]
     out = patches.reshape(n * h_out * w_out, kh * kw * c_in) @ w.reshape(kh * kw * c_in, c_out)
     return out.reshape(n, h_out, w_out, c_out)

@@ -8,8 +8,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # LLVM -O0 for the tests' programs: compiling dominates the suite (many small programs run a
-# few times) and -O0 halves compile-bound tests (conv4 tests 33 s -> 17 s; the whole suite
-# 1175 s -> 903 s, the first run sharing the machine with other work).
+# few times), and -O0 compiles them much faster.
 # Same HLO, same float semantics; a run that sets the level itself keeps it.
 if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
@@ -18,7 +17,7 @@ if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
 def _compilation_cache_dir() -> str:
     """One persistent compilation cache per test session, shared by the xdist workers and the
     subprocesses they start (launcher runs of the same config compile the same programs:
-    16.6 s -> 7.5 s per run measured). Per session and keyed by XLA_FLAGS, so no run reuses
+    a run then skips most of its compiling). Per session and keyed by XLA_FLAGS, so no run reuses
     programs compiled for other flags (the AVX2-only run compiles its own)."""
     import hashlib
     import tempfile

@@ -137,8 +137,12 @@ def test_the_standard_tfds_builder_is_read_the_same_way(tmp_path):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(as_data_source_fn=_fake_standard_split):
-        train = omniglot_splits.omniglot_classes("train", "minimal", "tfds", data_dir=str(tmp_path))
-        test = omniglot_splits.omniglot_classes("test", "minimal", "tfds", data_dir=str(tmp_path))
+        train, _ = omniglot_splits.omniglot_classes_and_alphabets(
+            "train", "minimal", "tfds", data_dir=str(tmp_path)
+        )
+        test, _ = omniglot_splits.omniglot_classes_and_alphabets(
+            "test", "minimal", "tfds", data_dir=str(tmp_path)
+        )
     assert train.shape == (4, 20, 28, 28, 1) and test.shape == (2, 20, 28, 28, 1)
     assert train.dtype == np.uint8 and train.max() == 255 and train[0, 0, -1, -1, 0] == 0
     # Classes in label order, drawings in order; meta-test = small2's alphabet 2 (labels 4, 5),

@@ -63,9 +63,14 @@ def sample_meta_batch(
     the task axis is later split over devices or hosts. Returns a MetaBatch with a leading
     task axis of size ``num_tasks``.
     """
-    task_ids = first_task + jnp.arange(num_tasks)
-    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(task_ids)
-    return jax.vmap(sampler.sample_task)(keys)
+    return jax.vmap(sampler.sample_task)(task_keys(rng, num_tasks, first_task))
+
+
+def task_keys(rng: PRNGKey, num_tasks: int, first_task: int | Array = 0) -> Array:
+    """One key per task, task ``i`` (``first_task <= i < first_task + num_tasks``) from
+    ``fold_in(rng, i)``: independent of how tasks are split over devices. The one place
+    task keys are made (sampling, meta-steps, evaluation)."""
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(first_task + jnp.arange(num_tasks))
 
 
 def num_tasks(batch: MetaBatch) -> int:

@@ -1,7 +1,7 @@
 """N-way K-shot episodes sampled on device from an array of classes, inside jit.
 
 The images of a split live in one array ``(num_classes, examples_per_class, h, w, c)``
-(Omniglot at 28x28 in uint8: ~25 MB); an episode draws ``ways`` distinct classes and, for each,
+(Omniglot at 28x28 in uint8: tens of MB); an episode draws ``ways`` distinct classes and, for each,
 ``shots + queries`` distinct examples with `jax.random`, so sampling is part of the compiled
 meta-step and costs no host work. Labels are the classes' positions in the random draw, i.e.
 permuted per episode. With ``rotations=True`` each class rotated by 90, 180 and 270 degrees is

@@ -94,7 +94,7 @@ def meta_batches(
 ) -> Iterator[MetaBatch]:
     """Task-sharded global meta-batches of steps ``first_step .. last_step - 1``, built ahead
     on the host: this process builds only the tasks of its own devices."""
-    import grain  # Imported here: 3 s, and only the host-fed path needs it.
+    import grain  # Imported here: it takes seconds, and only the host-fed path needs it.
 
     tasks = task_sharded(mesh)
     mine = local_task_ids(tasks, num_tasks)

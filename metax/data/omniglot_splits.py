@@ -130,15 +130,3 @@ def omniglot_classes_and_alphabets(
         "test": slice(STANDARD_TRAIN_CHARACTERS, None),
     }
     return images[ranges[mode]], alphabets[ranges[mode]]
-
-
-def omniglot_classes(
-    mode: str,
-    splits: str,
-    source: str = "zips",
-    manual_dir: str | None = None,
-    data_dir: str | None = None,
-    image_size: int = OMNIGLOT_SIZE,
-) -> np.ndarray:
-    """The images of `omniglot_classes_and_alphabets`: ``(classes, 20, size, size, 1)`` uint8."""
-    return omniglot_classes_and_alphabets(mode, splits, source, manual_dir, data_dir, image_size)[0]

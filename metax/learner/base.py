@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from metax.checks import check_meta_batch, check_model_fits_data
-from metax.data.base import MetaBatch, num_tasks
+from metax.data.base import MetaBatch, num_tasks, task_keys
 from metax.learner.inner import (
     InnerLoop,
     TaskChunk,
@@ -76,11 +76,6 @@ def evaluation_settings(learner: Learner, inner_steps: Sequence[int]) -> dict[st
 def prefix(metrics: Metrics, name: str) -> Metrics:
     """``{"loss": x}`` -> ``{"name/loss": x}``."""
     return {f"{name}/{key}": value for key, value in metrics.items()}
-
-
-def task_keys(rng: PRNGKey, num_tasks: int) -> Array:
-    """One key per task, ``fold_in(rng, i)``: independent of how tasks are split over devices."""
-    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_tasks))
 
 
 def apply_outer_update(

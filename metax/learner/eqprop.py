@@ -67,8 +67,10 @@ def eqprop(
         "reg_strength).",
     )
 
-    free_phase = InnerLoop(inner_optimizer, num_inner_steps, owner="eqprop")
-    nudged_phase = InnerLoop(inner_optimizer, num_nudged_steps, owner="eqprop nudged phase:")
+    free_phase = InnerLoop(optimizer=inner_optimizer, num_steps=num_inner_steps, owner="eqprop")
+    nudged_phase = InnerLoop(
+        optimizer=inner_optimizer, num_steps=num_nudged_steps, owner="eqprop nudged phase:"
+    )
 
     def total_energy(b):
         def energy(meta_params, params, state, rng, task: MetaBatch):

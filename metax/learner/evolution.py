@@ -6,14 +6,13 @@ import numpy as np
 import optax
 
 from metax.checks import check_meta_batch
-from metax.data.base import MetaBatch, num_tasks
+from metax.data.base import MetaBatch, num_tasks, task_keys
 from metax.learner.base import (
     Learner,
     MetaState,
     check_learner_inputs,
     init_meta_state,
     inner_loop_learner,
-    task_keys,
 )
 from metax.learner.inner import InnerLoop, TaskChunk, adapt_and_score, map_tasks, resolve_task_chunk
 from metax.learner.registry import register_learner
@@ -62,7 +61,12 @@ def evolution(
         raise ValueError(f"evolution strategy {strategy!r} is not in evosax.algorithms: {names}.")
     if population_size < 2:
         raise ValueError(f"evolution population_size must be >= 2, got {population_size}.")
-    inner = InnerLoop(inner_optimizer, num_inner_steps, inner_batch_size, owner="evolution")
+    inner = InnerLoop(
+        optimizer=inner_optimizer,
+        num_steps=num_inner_steps,
+        batch_size=inner_batch_size,
+        owner="evolution",
+    )
     strategy_cls = getattr(algorithms, strategy)
     strategy_kwargs = dict(strategy_kwargs or {})
 

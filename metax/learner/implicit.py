@@ -144,7 +144,12 @@ def implicit(
         "get zero (e.g. learned_init needs reg_strength to be trained implicitly).",
     )
 
-    inner = InnerLoop(inner_optimizer, num_inner_steps, inner_batch_size, owner="implicit")
+    inner = InnerLoop(
+        optimizer=inner_optimizer,
+        num_steps=num_inner_steps,
+        batch_size=inner_batch_size,
+        owner="implicit",
+    )
 
     def task_meta_grad(meta_params, model_state, task, rng):
         k_adapt, k_outer, k_inner = jax.random.split(rng, 3)

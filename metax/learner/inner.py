@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from metax.checks import check_meta_batch
-from metax.data.base import Dataset, MetaBatch, num_tasks
+from metax.data.base import Dataset, MetaBatch, num_tasks, task_keys
 from metax.learner.protocols import AdaptFn, EvaluateFn
 from metax.meta_models.base import EnergyFn, MetaModel
 from metax.types import Array, Metrics, Params, PRNGKey, State
@@ -94,7 +94,10 @@ class Adaptation(NamedTuple):
     ``meta_params`` summed over the steps (buffered Reptile), else None. per_step: with
     ``per_step_fn``, its outputs after every step, stacked on a leading axis of size
     ``num_steps``, else None. initial: the task's reset parameters (from `adapt_task`; None
-    from `run_inner_loop`).
+    from `run_inner_loop`). reset_vjp: with ``adapt_task(..., reset_vjp=True)``, the VJP of
+    the reset at ``meta_params``: ``reset_vjp(cotangent of params) -> (meta-gradient,)``
+    (Reptile's ``J^T (params_0 - params_K)``), else None. Not a JAX type: use it inside the
+    task's function, do not return it.
     """
 
     params: Params
@@ -103,6 +106,7 @@ class Adaptation(NamedTuple):
     meta_grads: Params | None = None
     per_step: Any = None
     initial: Params | None = None
+    reset_vjp: Callable[[Params], tuple[Params]] | None = None
 
 
 def run_inner_loop(
@@ -170,9 +174,9 @@ def run_inner_loop(
         # per-iteration cost dominates small models). The first step runs outside the scan, so
         # that under vmap it still sees the shared initial parameters and its matmuls are
         # single ones instead of a batch of per-task copies (a scan's carry is batched from
-        # its first step): +10% steps/s on the default sinusoid step. The rest is one scan,
-        # traced once. Not under remat: XLA's optimizations across an unrolled body undo
-        # jax.checkpoint (measured in benchmarks/memory.py).
+        # its first step; benchmarks/suite.py, W1). The rest is one scan, traced once. Not
+        # under remat: XLA's optimizations across an unrolled body undo jax.checkpoint
+        # (benchmarks/memory.py).
         carry, first = step(carry, (keys[0], exact[0]))
         outputs = jax.tree.map(lambda y: y[None], first)
         if num_steps > 1:
@@ -205,7 +209,7 @@ def resolve_task_chunk(task_chunk: TaskChunk, num_tasks: int, meta_params: Param
 
     ``"auto"`` is the measured best per backend and model family: on CPU, models with
     convolution kernels (4-D meta-parameters) run ``gcd(num_tasks, device_count)`` tasks at a
-    time, one per device (faster than vmap there: README, Performance); everything else,
+    time, one per device (faster than vmap there: benchmarks/suite.py, W2); everything else,
     and every model on GPU/TPU, vmaps all tasks. Other values are returned as they are.
     """
     if not isinstance(task_chunk, str):  # Checked when the learner was built: "auto".
@@ -236,8 +240,8 @@ def _unchunk(outputs):
 def _vmap_chunk(fn: Callable, task_chunk: int) -> Callable:
     """``jax.vmap(fn)`` for chunks of ``task_chunk`` tasks. A chunk of one task calls ``fn``
     on it directly: a vmap of size 1 keeps a batch axis of 1 in every operation, which XLA:CPU
-    does not remove, and its batched dots are slower than plain ones (W3, conv4 first order:
-    9.6 -> 11.0 tasks/s; README, Performance)."""
+    does not remove, and its batched dots are slower than plain ones (benchmarks/suite.py,
+    W3)."""
     if task_chunk != 1:
         return jax.vmap(fn)
 
@@ -295,11 +299,6 @@ def stop_gradient_through_adaptation(initial: Params, adapted: Params) -> Params
     return jax.tree.map(lambda p0, p: p0 + jax.lax.stop_gradient(p - p0), initial, adapted)
 
 
-def scalar_mean(metrics: Metrics) -> dict[str, Array]:
-    """Averages per-task metrics over the task axis."""
-    return {key: jnp.mean(value) for key, value in metrics.items()}
-
-
 def adapt_task(
     meta_model: MetaModel,
     inner: InnerLoop,
@@ -310,17 +309,26 @@ def adapt_task(
     *,
     accumulate_meta_grads: bool = False,
     per_step_fn: Callable[[Params, State], Any] | None = None,
+    reset_vjp: bool = False,
 ) -> Adaptation:
     """Resets a task from the meta-parameters and adapts it on ``data`` (its inner energy).
 
     With ``inner.first_order`` the adaptation is not differentiated: ``params`` carries the
     derivative of ``initial`` (d params / d initial = I), as first-order MAML needs.
-    ``accumulate_meta_grads``, ``per_step_fn``: see `run_inner_loop`. Returns an `Adaptation` with
-    ``initial`` set and ``loss_after`` (inner energy at the adapted parameters, not
-    differentiated) added to its metrics.
+    ``accumulate_meta_grads``, ``per_step_fn``: see `run_inner_loop`. ``reset_vjp``: also
+    return the reset's VJP (see `Adaptation`). Returns an `Adaptation` with ``initial`` set
+    and ``loss_after`` (inner energy at the adapted parameters, not differentiated) added to
+    its metrics.
     """
     k_reset, k_inner, k_after = jax.random.split(rng, 3)
-    params_0, state = meta_model.reset(k_reset, meta_params, model_state)
+
+    def reset(mp):
+        return meta_model.reset(k_reset, mp, model_state)
+
+    if reset_vjp:
+        params_0, vjp, state = jax.vjp(reset, meta_params, has_aux=True)
+    else:
+        (params_0, state), vjp = reset(meta_params), None
     if inner.first_order:
         inner_meta_params, start = jax.lax.stop_gradient((meta_params, params_0))
     else:
@@ -347,7 +355,7 @@ def adapt_task(
         k_after,
         data,
     )
-    return adapted._replace(params=params, metrics=metrics, initial=params_0)
+    return adapted._replace(params=params, metrics=metrics, initial=params_0, reset_vjp=vjp)
 
 
 def adapt_and_score(
@@ -407,7 +415,7 @@ def make_evaluate(
             )[2]
 
         n = num_tasks(meta_batch)
-        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(n))
+        keys = task_keys(rng, n)
         chunk = resolve_task_chunk(task_chunk, n, state.meta_params)
         chunk = chunk if chunk and n % chunk == 0 else None
         return map_tasks(one_task, meta_batch, keys, task_chunk=chunk)

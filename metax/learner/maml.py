@@ -71,12 +71,12 @@ def maml(
     ``multi_step_weights``, ``outer/multi_step_loss`` (the objective).
     """
     inner = InnerLoop(
-        inner_optimizer,
-        num_inner_steps,
-        inner_batch_size,
-        first_order,
-        remat,
-        backprop_steps,
+        optimizer=inner_optimizer,
+        num_steps=num_inner_steps,
+        batch_size=inner_batch_size,
+        first_order=first_order,
+        remat=remat,
+        backprop_steps=backprop_steps,
         owner="maml",
     )
     weights = None

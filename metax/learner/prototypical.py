@@ -6,8 +6,8 @@ import optax
 
 from metax import energy, nn
 from metax.checks import check_meta_batch
-from metax.data.base import Dataset, MetaBatch
-from metax.learner.base import Learner, MetaState, averaged_meta_step, prefix, task_keys
+from metax.data.base import Dataset, MetaBatch, task_keys
+from metax.learner.base import Learner, MetaState, averaged_meta_step, prefix
 from metax.learner.inner import TaskChunk, check_task_chunk, map_tasks, resolve_task_chunk
 from metax.learner.registry import register_learner
 from metax.types import Array, Metrics, Params, PRNGKey, State

@@ -84,17 +84,27 @@ def reptile(
         "parameters (a learned initialization); the others would get no update at all.",
     )
 
-    inner = InnerLoop(inner_optimizer, num_inner_steps, inner_batch_size, owner="reptile")
+    inner = InnerLoop(
+        optimizer=inner_optimizer,
+        num_steps=num_inner_steps,
+        batch_size=inner_batch_size,
+        owner="reptile",
+    )
 
     def task_meta_grad(meta_params, model_state, rng, data):
-        k_reset = jax.random.split(rng, 3)[0]  # The key adapt_task resets with.
         adapted = adapt_task(
-            meta_model, inner, jax.lax.stop_gradient(meta_params), model_state, rng, data
+            meta_model,
+            inner,
+            jax.lax.stop_gradient(meta_params),
+            model_state,
+            rng,
+            data,
+            reset_vjp=True,
         )
-        _, reset_vjp = jax.vjp(
-            lambda mp: meta_model.reset(k_reset, mp, model_state)[0], meta_params
-        )
-        (meta_grads,) = reset_vjp(jax.tree.map(jax.numpy.subtract, adapted.initial, adapted.params))
+        difference = jax.tree.map(jax.numpy.subtract, adapted.initial, adapted.params)
+        reset_vjp = adapted.reset_vjp
+        assert reset_vjp is not None  # Asked for above.
+        (meta_grads,) = reset_vjp(difference)
         return meta_grads, adapted
 
     return _reptile_learner(
@@ -139,7 +149,12 @@ def buffered_reptile(
         "pulling towards them) have a zero partial derivative.",
     )
 
-    inner = InnerLoop(inner_optimizer, num_inner_steps, inner_batch_size, owner="buffered_reptile")
+    inner = InnerLoop(
+        optimizer=inner_optimizer,
+        num_steps=num_inner_steps,
+        batch_size=inner_batch_size,
+        owner="buffered_reptile",
+    )
 
     def task_meta_grad(meta_params, model_state, rng, data):
         adapted = adapt_task(

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metax.data.base import MetaBatch, TaskSampler, sample_meta_batch
+from metax.data.base import MetaBatch, TaskSampler, sample_meta_batch, task_keys
 
 _PAD = 4
 _SCALE = 2
@@ -156,7 +156,7 @@ def regression_curves(
                 query_mse(params, adapted_state),
             )
 
-        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_tasks))
+        keys = task_keys(rng, num_tasks)
         truth, before, after, mse_before, mse_after = jax.vmap(one)(batch, keys)
         support_x, support_y = batch.support.x[..., 0], batch.support.y[..., 0]
         return grid[:, 0], truth, before, after, support_x, support_y, mse_before, mse_after

@@ -1,9 +1,9 @@
 """Handing the XLA compiler's freed heap back to the operating system.
 
-Compiling a meta-step allocates hundreds of MB on the host (W2: 0.62 GB) that XLA frees once
-the executable exists, but glibc keeps freed pages in its arenas, so the process would hold
-them for the whole run. ``malloc_trim(0)`` returns them (W2: RSS 1.04 -> 0.59 GB after
-compiling; README, Performance).
+Compiling a meta-step allocates hundreds of MB on the host that XLA frees once the executable
+exists, but glibc keeps freed pages in its arenas, so the process would hold them for the
+whole run. ``malloc_trim(0)`` returns them (benchmarks/memory_stages.py measures the RSS before
+and after).
 """
 
 import ctypes

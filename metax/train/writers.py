@@ -6,8 +6,8 @@ the TensorBoard plugins' formats), except scalars, which are classic scalar even
 ``EventAccumulator.Scalars``, tbparse and experiment trackers' importers.
 
 TensorBoard's own protos and record writer do the writing, without TensorFlow: clu's
-``metric_writers`` import TensorFlow when imported, which costs every training process about
-0.7 GB of RSS and 5 s of start-up (README, "Memory"). Writes run on one background thread
+``metric_writers`` import TensorFlow when imported, which would cost every training process
+its memory and start-up time (benchmarks/memory_stages.py). Writes run on one background thread
 (clu's ``asynclib``, as clu's ``AsyncWriter``), in order; an error in one is raised at the
 next write, ``flush`` or ``close``.
 """
