@@ -255,8 +255,34 @@ def find_gin_file(path: str) -> str:
 
 def add_gin_search_paths() -> None:
     """The same lookup for gin `include` statements."""
+    _tolerate_namespace_packages_in_includes()
     for path in gin_search_paths():
         gin.add_config_file_search_path(path)
+
+
+def _tolerate_namespace_packages_in_includes() -> None:
+    """gin's second file reader (`gin.resource_reader`) looks an include such as
+    ``'data/sinusoid.gin'`` up as a file of the Python package ``data`` first, and crashes
+    (TypeError: origin None) when ``data`` is a namespace package: any ``data/`` folder in the
+    working directory, which ``python -m`` puts on sys.path. Its existence check is wrapped
+    so that such a path counts as absent and gin goes on to the search paths. (gin keeps its
+    readers in a private list: there is no public way to change a registered one.)"""
+    from gin import config as gin_config
+
+    def tolerant(exists):
+        def check(path):
+            try:
+                return exists(path)
+            except TypeError:
+                return False
+
+        check.metax_tolerant = True
+        return check
+
+    gin_config._FILE_READERS[:] = [
+        (reader, exists if getattr(exists, "metax_tolerant", False) else tolerant(exists))
+        for reader, exists in gin_config._FILE_READERS
+    ]
 
 
 def parse_gin(gin_files: list[str], gin_bindings: list[str]) -> None:
