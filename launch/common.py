@@ -150,9 +150,11 @@ def gin_error_message(error: Exception) -> str:
 
 def renamed_binding(configurable: str, parameter: str) -> str | None:
     """The binding that replaced ``<configurable>.<parameter>`` (a 0.2 name), or None."""
-    from metax.train.config import RENAMED_BINDINGS
+    from metax.data.datasets import RENAMED_BINDINGS as DATA
+    from metax.train.config import RENAMED_BINDINGS as TRAIN
 
-    return RENAMED_BINDINGS.get(f"{configurable.rpartition('.')[2]}.{parameter}")
+    name = f"{configurable.rpartition('.')[2]}.{parameter}"
+    return TRAIN.get(name) or DATA.get(name)
 
 
 @contextlib.contextmanager

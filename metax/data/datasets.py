@@ -30,11 +30,39 @@ from metax.data.preprocess import OMNIGLOT_SIZE
 from metax.data.storage import SPLIT_NAMES, prepare_once_per_host, prepared_data_dir, source_dir
 
 ImageSize = int | Sequence[int]
+SAMPLERS = ("omniglot", "mini_imagenet", "tiered_imagenet", "cifar_fs", "fc100", "image_folder")
+# Parameters of metax 0.2's samplers and the settings that replaced them (0.3).
+RENAMED_BINDINGS = {
+    **{
+        f"{sampler}.{name}": f"metax.data.Episodes.{name}"
+        for sampler in (*SAMPLERS, "fewshot")
+        for name in ("ways", "shots", "queries", "augmentations", "augment_query")
+    },
+    **{f"{sampler}.feed": "metax.data.Feed.on" for sampler in SAMPLERS},
+    **{f"{sampler}.num_threads": "metax.data.Feed.num_threads" for sampler in SAMPLERS},
+}
 
 
 def _shape(image_size: ImageSize, channels: int) -> tuple[int, int, int]:
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     return height, width, channels
+
+
+def _settings(episodes, feed) -> tuple[Episodes, Feed]:
+    """``episodes`` and ``feed`` as values (their defaults, or gin's, for None); a TypeError
+    naming the fix for anything else (metax 0.2 took ``feed='host'`` and ``ways=5``)."""
+    episodes, feed = episodes or Episodes(), feed or Feed()
+    if not isinstance(episodes, Episodes):
+        raise TypeError(
+            f"episodes must be a metax.data.Episodes(ways=..., shots=..., queries=...) (in gin "
+            f"metax.data.Episodes.ways = ...), got {episodes!r}."
+        )
+    if not isinstance(feed, Feed):
+        raise TypeError(
+            f"feed must be a metax.data.Feed(on='device' or 'host') (in gin "
+            f"metax.data.Feed.on = 'host'), got {feed!r}."
+        )
+    return episodes, feed
 
 
 def image_episodes(
@@ -53,7 +81,7 @@ def image_episodes(
 
     if mode not in SPLIT_NAMES:
         raise ValueError(f"mode must be one of {SPLIT_NAMES}, got {mode!r}.")
-    episodes, feed = episodes or Episodes(), feed or Feed()
+    episodes, feed = _settings(episodes, feed)
     builder_class = getattr(builders, builder_name)
     data_dir = prepared_data_dir(data_dir)
     builder = prepare_once_per_host(

@@ -171,11 +171,13 @@ def test_invalid_numbers(tmp_path, binding, message):
         ("train.eval_every = 5", "Evaluation.every"),
         ("train.max_checkpoints_to_keep = 2", "Checkpoints.max_to_keep"),
         ("train.val_sampler = @metax.data.sinusoid()", "Validation.sampler"),
+        ("metax.data.omniglot.ways = 5", "metax.data.Episodes.ways"),
     ],
 )
 def test_a_binding_renamed_in_0_3_is_answered_with_its_new_name(tmp_path, old, new):
     line = launch_error(tmp_path, [f"--gin_file={QUICK}", f"--gin_bindings={old}"])
-    assert line.startswith("Error in the gin config: Configurable 'train' doesn't have a")
+    configurable = old.split("=")[0].strip().rpartition(".")[0]
+    assert line.startswith(f"Error in the gin config: Configurable '{configurable}' doesn't have")
     assert f"It was renamed in metax 0.3: bind {new}" in line
 
 

@@ -135,6 +135,8 @@ def test_image_folder_with_a_user_split(tmp_path):
     assert batch.support.x.shape == (4, 8, 12, 1)
     with pytest.raises(ValueError, match="share classes"):
         datasets.image_folder(root=root, classes={"train": ["c0"], "test": ["c0"]})
+    with pytest.raises(TypeError, match=r"feed must be a metax.data.Feed\(on='device' or 'host'\)"):
+        datasets.image_folder(root=root, classes=classes, feed="host")  # metax 0.2's form.
     with pytest.raises(FileNotFoundError, match=r"no class folder \['c9'\]"):
         datasets.image_folder(root=root, classes={"train": ["c9"]}, data_dir=str(tmp_path))
 
