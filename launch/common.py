@@ -49,8 +49,9 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 )
 
 # Errors whose message names the problem and its fix: shown as one line, no traceback.
-# (Config mistakes, bad numbers, missing data, unwritable workdirs, diverging runs.)
-USER_ERRORS = (TypeError, ValueError, OSError, FloatingPointError)
+# (Config mistakes, bad numbers, missing data, unwritable or full workdirs, a workdir in use,
+# diverging runs.)
+USER_ERRORS = (TypeError, ValueError, OSError, FloatingPointError, RuntimeError)
 
 
 class QuietLibraries(logging_std.Filter):
@@ -318,6 +319,13 @@ def user_message(error: Exception) -> str:
     # Gin appends where the error was raised ("In call to configurable ..."): not the fix.
     lines = [line for line in text.splitlines() if not line.startswith("  In call to configurable")]
     return "\n".join(lines)
+
+
+def multi_process_requested() -> bool:
+    """Whether this launch is one process of several (from the flags or a Cloud TPU slice's
+    environment), known before JAX starts."""
+    flags_given = _COORDINATOR.value is not None or _NUM_PROCESSES.value is not None
+    return flags_given or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
 
 
 def initialize_distributed() -> None:

@@ -21,6 +21,7 @@ from launch import common
 from launch.common import (
     USER_ERRORS,
     initialize_distributed,
+    multi_process_requested,
     parse_gin,
     quiet_by_default,
     use_compilation_cache,
@@ -58,6 +59,22 @@ def default_workdir(gin_files: list[str]) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from metax.train.signals import Stopped, StopSignals
+
+    # Noted from here on, in every phase: a run stops where it is safe, and exits 0 saying so.
+    with StopSignals(install=not multi_process_requested()) as signals:
+        try:
+            run(signals)
+        except Stopped as stop:
+            print(
+                f"metax: received {stop.signal_name} during {stop.phase}, before any meta-step: "
+                f"nothing to save; exiting. Run the same command to start the run.",
+                flush=True,
+            )
+
+
+def run(signals) -> None:
+    """Parses gin, joins the other processes, builds the run's settings and trains."""
     quiet_by_default()
     use_compilation_cache()
     parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value)
@@ -78,11 +95,13 @@ def main(argv: list[str]) -> None:
         print(f"metax: writing to {run_dir.resolve(workdir)}", flush=True)
     try:
         config = metax.train.TrainConfig()  # gin's `train`: builds the learner and samplers.
+        signals.check("start-up")
         metax.train.train(
             config,
             workdir,
             allow_config_change=_ALLOW_CONFIG_CHANGE.value,
             verbose=_PROGRESS.value,
+            signals=signals,
         )
     except USER_ERRORS as error:
         sys.exit(f"Error: {user_message(error)}")

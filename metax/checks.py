@@ -40,6 +40,59 @@ def check_meta_batch(meta_batch: MetaBatch) -> None:
             f"query must have the same number of tasks, and inputs and targets the same number "
             f"of samples."
         )
+    for field in ("x", "y"):
+        support, query = getattr(meta_batch.support, field), getattr(meta_batch.query, field)
+        if jnp.shape(support)[2:] != jnp.shape(query)[2:]:
+            raise ValueError(
+                f"The support and query sets' {'inputs' if field == 'x' else 'targets'} differ "
+                f"in shape beyond (tasks, samples): support {tuple(jnp.shape(support))}, "
+                f"query {tuple(jnp.shape(query))}. A task's examples all have one shape."
+            )
+    check_float_width(meta_batch)
+
+
+def check_float_width(tree) -> None:
+    """Raises a ValueError if ``tree`` holds float64 host arrays while JAX computes in float32
+    (x64 disabled): JAX would silently compute them in float32. Device arrays and tracers
+    already have JAX's width; shapes only, fine under jit."""
+    if jax.config.read("jax_enable_x64"):
+        return
+    wide = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if isinstance(leaf, np.ndarray) and leaf.dtype == np.float64
+    ]
+    if wide:
+        raise ValueError(
+            f"The meta-batch holds float64 arrays ({', '.join(wide)}), but JAX computes in "
+            f"float32 unless 64-bit mode is on, and would silently drop the precision. Turn it "
+            f"on (jax.config.update('jax_enable_x64', True), or JAX_ENABLE_X64=1) or cast the "
+            f"data to float32."
+        )
+
+
+def check_input_rank(meta_model: MetaModel, inputs, what: str = "one task's support set") -> None:
+    """Raises a ValueError unless ``inputs`` is ``(n, *input_shape)`` with as many example
+    axes as the meta-model's model takes (`metax.nn.Model.input_rank`; not checked when it
+    declares none)."""
+    rank = meta_model.input_rank
+    if rank is not None and jnp.ndim(inputs) != 1 + rank:
+        raise ValueError(
+            f"The model takes examples of {rank} ax{'is' if rank == 1 else 'es'} "
+            f"({'vectors' if rank == 1 else 'images (h, w, c)'}), so {what} must be "
+            f"(n, *example_shape), {1 + rank} axes; got shape {tuple(jnp.shape(inputs))}. "
+            f"{_rank_hint(jnp.ndim(inputs) - 1 - rank, rank)}"
+        )
+
+
+def _rank_hint(extra: int, rank: int) -> str:
+    if extra == 1:
+        return (
+            "Has it a task axis? Pick one task, e.g. jax.tree.map(lambda a: a[0], batch.support)."
+        )
+    if rank == 1:
+        return "Flatten each example first: metax.nn.sequential(flat=metax.nn.flatten(), ...)."
+    return "Give each example the shape the model was built for."
 
 
 def check_model_fits_data(meta_model: MetaModel, episode: MetaBatch) -> None:
@@ -49,6 +102,7 @@ def check_model_fits_data(meta_model: MetaModel, episode: MetaBatch) -> None:
     integer label (checked when the labels are concrete, i.e. not under jit). Works on shapes
     only (`jax.eval_shape`); costs no compilation."""
     x, y = episode.support.x, episode.support.y
+    check_input_rank(meta_model, x, "a task's inputs")
     key = jax.random.key(0)
     try:
         meta_params, state = jax.eval_shape(meta_model.init, key, x)
@@ -64,8 +118,10 @@ def check_model_fits_data(meta_model: MetaModel, episode: MetaBatch) -> None:
             f"(e.g. conv4 for images, mlp for vectors)."
         ) from None
     if np.issubdtype(y.dtype, np.integer):
-        concrete = not isinstance(y, jax.core.Tracer)
-        classes = int(np.max(y)) + 1 if concrete else out.shape[-1]
+        labels = [y, episode.query.y]
+        concrete = not any(isinstance(labels_, jax.core.Tracer) for labels_ in labels)
+        classes = max(int(np.max(labels_)) for labels_ in labels) + 1 if concrete else None
+        classes = out.shape[-1] if classes is None else classes
         if out.shape[:-1] != y.shape or out.shape[-1] < classes:
             raise ValueError(
                 f"The model outputs shape {tuple(out.shape)} but the tasks are {classes}-way "

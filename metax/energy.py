@@ -64,6 +64,13 @@ def cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> tu
             f"{tuple(labels.shape)}; use it for classification tasks, squared_error for "
             f"regression."
         )
+    if not isinstance(labels, jax.core.Tracer) and labels.size:
+        low, high = int(jnp.min(labels)), int(jnp.max(labels))
+        if low < 0 or high >= logits.shape[-1]:
+            raise ValueError(
+                f"cross_entropy labels must be in [0, {logits.shape[-1]}) for {logits.shape[-1]} "
+                f"classes, got labels in [{low}, {high}]: give the model one output per class."
+            )
     log_probs = jax.nn.log_softmax(logits)
     nll = -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     correct = (jnp.argmax(logits, axis=-1) == labels).astype(logits.dtype)

@@ -43,11 +43,16 @@ class Model(NamedTuple):
     ``modulation(params) -> {name: shape}``: where the model can be modulated (gain
     modulation, CML), i.e. the ``gain``/``shift`` entries its ``apply`` accepts for
     ``params``, each of shape ``(units,)``; None for models that take no modulation.
+
+    ``input_rank``: the number of axes of one input example (1 for vectors, 3 for
+    ``(h, w, c)`` images), so that a batch with an extra axis (a task axis where one task's
+    data belongs) is refused with a clear error; None where any rank is accepted.
     """
 
     init: Callable[[PRNGKey, Array], tuple[Params, State]]
     apply: Callable[..., tuple[Array, State]]
     modulation: Callable[[Params], dict[str, tuple[int, ...]]] | None = None
+    input_rank: int | None = None
 
 
 def _linear_init(rng: PRNGKey, fan_in: int, fan_out: int) -> dict[str, Array]:
@@ -75,7 +80,7 @@ def linear(out_features: int) -> Model:
         del rng, is_training
         return inputs @ params["w"] + params["b"], state
 
-    return Model(init, apply)
+    return Model(init, apply, input_rank=1)
 
 
 @gin.register(module="metax.nn")
@@ -119,7 +124,7 @@ def mlp(
     def modulation(params: Params) -> dict[str, tuple[int, ...]]:
         return {f"layer_{i}": (size,) for i, size in enumerate(hidden_sizes)}
 
-    return Model(init, apply, modulation)
+    return Model(init, apply, modulation, input_rank=1)
 
 
 def _batch_norm(
@@ -318,7 +323,7 @@ def conv4(
     def modulation(params: Params) -> dict[str, tuple[int, ...]]:
         return {f"block_{i}": (num_channels,) for i in range(num_blocks)}
 
-    return Model(init, apply, modulation)
+    return Model(init, apply, modulation, input_rank=3)
 
 
 RESNET12_LEAK = 0.1
@@ -394,7 +399,7 @@ def resnet12(channels: Sequence[int] = (64, 160, 320, 640), conv_impl: str = "au
     def modulation(params: Params) -> dict[str, tuple[int, ...]]:
         return {f"block_{i}": (c,) for i, c in enumerate(channels)}
 
-    return Model(init, apply, modulation)
+    return Model(init, apply, modulation, input_rank=3)
 
 
 @gin.register(module="metax.nn")
@@ -457,4 +462,4 @@ def sequential(**layers: Model) -> Model:
             )
         return h, new_state
 
-    return Model(init, apply)
+    return Model(init, apply, input_rank=next(iter(layers.values())).input_rank)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from metax.checks import check_meta_batch
+from metax.checks import check_input_rank, check_meta_batch
 from metax.data.base import Dataset, MetaBatch, num_tasks, task_keys
 from metax.learner.protocols import AdaptFn, EvaluateFn
 from metax.meta_models.base import EnergyFn, MetaModel
@@ -383,6 +383,7 @@ def make_adapt(meta_model: MetaModel, inner: InnerLoop) -> AdaptFn:
     `make_evaluate` scores."""
 
     def adapt_one(state, support: Dataset, rng: PRNGKey, num_inner_steps: int):
+        check_input_rank(meta_model, support.x)
         adapted = adapt_task(
             meta_model,
             inner.with_steps(num_inner_steps),

@@ -52,4 +52,5 @@ def anil(
         reset_keys=frozenset({"head_init"}),
         energy_keys=frozenset({"body"}),
         query_is_training=batch_norm == "transductive",
+        input_rank=body.input_rank,
     )

@@ -54,7 +54,8 @@ class MetaModel(NamedTuple):
     ``optimizer_keys``, those only the inner optimizer reads (learned inner learning rates,
     see `metax.meta_models.learned_rates`); ``query_is_training``, the ``is_training`` the
     outer energy applies the model with on a query set (False under ``batch_norm="per_task"``),
-    so that predictions drawn for a person match what is scored.
+    so that predictions drawn for a person match what is scored; ``input_rank``, the number of
+    axes of one input example its model takes (`metax.nn.Model.input_rank`; None: any).
     """
 
     init: Callable[[PRNGKey, Array], tuple[Params, State]]
@@ -66,6 +67,7 @@ class MetaModel(NamedTuple):
     energy_keys: frozenset[str] | None = None
     optimizer_keys: frozenset[str] = frozenset()
     query_is_training: bool = True
+    input_rank: int | None = None
 
 
 BATCH_NORM_MODES = ("transductive", "per_task")

@@ -68,4 +68,5 @@ def cavia(
         reset_keys=frozenset(),
         energy_keys=frozenset({"network"}),
         query_is_training=batch_norm == "transductive",
+        input_rank=1,
     )

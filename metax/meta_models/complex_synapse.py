@@ -71,4 +71,5 @@ def complex_synapse(
         reset_keys=frozenset({"omega"}),
         energy_keys=frozenset({"omega"} if l2_fixed else {"omega", "log_lambda"}),
         query_is_training=batch_norm == "transductive",
+        input_rank=model.input_rank,
     )

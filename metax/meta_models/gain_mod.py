@@ -105,4 +105,5 @@ def gain_mod(
         reset_keys=frozenset(init_keys),
         energy_keys=frozenset(energy_keys | (init_keys if reg_strength else set())),
         query_is_training=batch_norm == "transductive",
+        input_rank=body.input_rank,
     )

@@ -56,4 +56,5 @@ def learned_init(
         reset_keys=frozenset({"init"}),
         energy_keys=frozenset({"init"} if reg_strength else ()),
         query_is_training=batch_norm == "transductive",
+        input_rank=model.input_rank,
     )

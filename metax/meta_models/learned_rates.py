@@ -88,4 +88,5 @@ def learned_rates(
         energy_keys=meta_model.energy_keys,
         optimizer_keys=frozenset({RATES_KEY}),
         query_is_training=meta_model.query_is_training,
+        input_rank=meta_model.input_rank,
     )

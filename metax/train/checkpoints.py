@@ -72,10 +72,23 @@ def best_checkpoint_manager(
     )
 
 
+def latest_step(workdir: epath.Path) -> int | None:
+    """The step of the newest complete checkpoint in ``workdir/checkpoints`` (None if none),
+    read without creating or changing anything."""
+    if not (workdir / CHECKPOINTS).exists():
+        return None
+    with checkpoint_manager(workdir, read_only=True) as manager:
+        return manager.latest_step()
+
+
 def _shapes(tree) -> collections.Counter:
     """How many arrays of each shape: comparable between a checkpoint's metadata (where
     NamedTuples became lists) and a state."""
     return collections.Counter(tuple(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+class _DeletedError(Exception):
+    """A checkpoint deleted while it was read (a run that keeps only its newest ones)."""
 
 
 def restore_latest(
@@ -88,15 +101,42 @@ def restore_latest(
     ``set_aside``, moved to ``workdir/corrupt_checkpoints/<step>`` (never deleted) so the run
     can write that step again. A readable checkpoint whose arrays have other shapes than
     ``abstract_state`` (the config changed the model) raises a ValueError and stays in place.
+    Safe while a run writes the workdir: a checkpoint that the run deletes while it is read
+    (``Checkpoints.max_to_keep``) is replaced by the newest complete one, or, for an exact
+    ``step``, raises a FileNotFoundError saying so.
     """
-    steps = sorted(manager.all_steps(), reverse=True)
-    if step is not None:
-        if step not in steps:
-            raise FileNotFoundError(
-                f"No complete checkpoint of step {step} in {manager.directory}; "
-                f"complete ones: {sorted(steps)}."
-            )
-        steps = [step]
+    for _ in range(RESTORE_ATTEMPTS):
+        manager.reload()
+        steps = sorted(manager.all_steps(), reverse=True)
+        if step is not None:
+            if step not in steps:
+                raise FileNotFoundError(
+                    f"No complete checkpoint of step {step} in {manager.directory}; "
+                    f"complete ones: {sorted(steps)}."
+                )
+            steps = [step]
+        try:
+            return _restore_first_readable(manager, abstract_state, steps, set_aside)
+        except _DeletedError as deleted:
+            if step is not None:
+                raise FileNotFoundError(
+                    f"The checkpoint of step {step} in {manager.directory} was deleted while it "
+                    f"was read (the run keeps its newest Checkpoints.max_to_keep); read a newer "
+                    f"one."
+                ) from None
+            logging.info("%s; reading the newest complete one.", deleted)
+    raise FileNotFoundError(
+        f"The checkpoints in {manager.directory} were deleted while they were read, "
+        f"{RESTORE_ATTEMPTS} times: the run replaces them faster than they can be read. Read "
+        f"one when it pauses, or keep more (Checkpoints.max_to_keep)."
+    )
+
+
+RESTORE_ATTEMPTS = 10
+
+
+def _restore_first_readable(manager, abstract_state, steps: list[int], set_aside: bool):
+    """The first of ``steps`` that restores; raises `_DeletedError` if one vanishes meanwhile."""
     for candidate in steps:
         stored: collections.Counter | None
         try:
@@ -113,6 +153,8 @@ def restore_latest(
             restored = manager.restore(candidate, args=ocp.args.StandardRestore(abstract_state))
             return restored, candidate
         except Exception as error:  # noqa: BLE001 (any failure to read means: unreadable)
+            if not (epath.Path(manager.directory) / str(candidate)).exists():
+                raise _DeletedError(f"The checkpoint of step {candidate} was deleted") from None
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
             logging.warning(
                 "The checkpoint of step %d is unreadable (%s); falling back to the one before.",

@@ -159,20 +159,23 @@ class Evaluator:
             evaluate_chunk, static_argnums=2, out_shardings=sharding.replicated(mesh)
         )
 
-    def _chunks(self, state: MetaState, setting) -> list:
-        if self._batches is None:
-            return [fetch(self._evaluate_chunk(state, c, setting)) for c in range(self.num_chunks)]
-        return [
-            fetch(self._evaluate_chunk(state, c, setting, batch))
-            for c, batch in enumerate(self._batches())
-        ]
+    def _chunks(self, state: MetaState, setting, check) -> list:
+        batches = self._batches() if self._batches is not None else [None] * self.num_chunks
+        chunks = []
+        for c, batch in enumerate(batches):
+            chunks.append(fetch(self._evaluate_chunk(state, c, setting, batch)))
+            if check is not None:
+                check()
+        return chunks
 
-    def __call__(self, state: MetaState) -> dict[str, float]:
+    def __call__(self, state: MetaState, check: Callable[[], None] | None = None):
+        """The metrics of ``state`` (see the class docstring); ``check()``, if given, is
+        called after each evaluation call (a stop signal raises there)."""
         results = {f"{self.split}/num_tasks": float(self.num_tasks)}
         for label, setting in self.settings.items():
             # Fetched chunk by chunk: a long queue of multi-device executions can deadlock
             # XLA:CPU's collectives (see the training loop), and evaluation is not hot.
-            chunks = self._chunks(state, setting)
+            chunks = self._chunks(state, setting, check)
             per_task = jax.tree.map(lambda *a: np.concatenate(a), *chunks)
             for name, values in per_task.items():
                 mean, ci95 = mean_and_ci95(values)

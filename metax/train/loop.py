@@ -18,6 +18,7 @@ holds ``config.gin`` (the operative gin config), TensorBoard event files, ``chec
 (the `MetaState`), ``final_metrics.json`` and a figure of held-out tasks.
 """
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -31,7 +32,6 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from metax import checks
 from metax.data.host import HostTaskSampler, Sampler
 from metax.learner.base import MetaState
 from metax.train import checkpoints as run_checkpoints
@@ -41,7 +41,7 @@ from metax.train.config import TrainConfig
 from metax.train.console import Console
 from metax.train.evaluation import Evaluator
 from metax.train.host_memory import release_freed_memory
-from metax.train.signals import StopSignals
+from metax.train.signals import Stopped, StopSignals
 from metax.train.step import (
     EVAL_DATA,
     FIGURE,
@@ -58,12 +58,20 @@ REGRESSION_FIGURE = "regression_tasks.png"
 EPISODE_FIGURE = "held_out_episode.png"
 FIGURES = (REGRESSION_FIGURE, EPISODE_FIGURE)
 FINAL_METRICS = "final_metrics.json"
+# The training metrics of the last checkpoint's interval: what the report of a run resumed at
+# its last step (stopped during its final evaluation) needs.
+TRAIN_METRICS = "train_metrics.json"
 
 StepCall = Callable[[MetaState, int], tuple[MetaState, dict, int | None]]
 
 
 def train(
-    config: TrainConfig, workdir: str, *, allow_config_change: bool = False, verbose: bool = True
+    config: TrainConfig,
+    workdir: str,
+    *,
+    allow_config_change: bool = False,
+    verbose: bool = True,
+    signals: StopSignals | None = None,
 ) -> dict[str, float]:
     """Meta-trains ``config.learner`` in ``workdir`` and evaluates it on held-out tasks.
 
@@ -71,28 +79,43 @@ def train(
       config: the run's settings (`TrainConfig`; gin's ``train``).
       workdir: output folder (created); a run there is resumed from its latest readable
         checkpoint if the config is the stored one (schedule bindings such as
-        ``train.num_steps`` may change; see `metax.train.workdir.SCHEDULE_BINDINGS`).
+        ``train.num_steps`` may change; see `metax.train.workdir.SCHEDULE_BINDINGS`). One run
+        at a time: another process training there is refused (`metax.train.workdir.RunLock`).
       allow_config_change: resume a workdir whose stored config differs from this one (the
         new config is stored beside the old one).
       verbose: process 0 prints progress to stdout (`metax.train.console`: a progress bar on a
         terminal, a line every ``log_every`` steps otherwise) and a summary at the end.
+      signals: the stop signals' handler (`metax.train.signals.StopSignals`), when the caller
+        installed one before building ``config`` (the launcher does); else one is installed.
 
     Returns:
       The final metrics (also written to ``workdir/final_metrics.json``): ``step``, the last
       interval's ``train/*`` means, ``eval/<setting>/<metric>`` means and ``_ci95``
-      half-widths (with validation also ``val/*`` and ``best/step``) and ``wall_time_s``.
-      After SIGTERM or SIGINT, ``{"step": ..., "stopped_by_signal": 1.0}`` once the current
-      step is saved.
+      half-widths (with validation also ``val/*`` and ``best/step``) and ``wall_time_s``. A
+      finished run (``final_metrics.json`` of step ``num_steps``) is left as it is: its report
+      is returned. After SIGTERM or SIGINT, ``{"step": ..., "stopped_by_signal": 1.0}`` once
+      the run is where a rerun of the same command continues it.
+
+    Raises:
+      ValueError, OSError, FloatingPointError, ...: with one line naming the problem and its
+      fix (a changed config, a workdir in use, a full disk, a diverged step, ...).
     """
-    run = start_up(config, workdir, allow_config_change, verbose)
-    try:
-        with StopSignals() as signals:
+    with contextlib.ExitStack() as stack:
+        signals = stack.enter_context(signals or StopSignals())
+        try:
+            run = start_up(config, workdir, allow_config_change, verbose, signals)
+        except Stopped as stop:
+            return stopped_in_start_up(stop, workdir)
+        if isinstance(run, dict):
+            return run  # A finished run's report.
+        with run:
             train_steps(run, signals)
-        if signals.received is not None:
-            return stopped(run, signals.received)
-        final = final_evaluation(run)
-    finally:
-        run.close()
+            if signals.received is not None:
+                return stopped(run, signals.received)
+            try:
+                final = final_evaluation(run, signals)
+            except Stopped as stop:
+                return stopped(run, stop.signal_name, "the final evaluation")
     return finish(run, final)
 
 
@@ -150,7 +173,9 @@ class Selection(NamedTuple):
 @dataclasses.dataclass
 class Run:
     """A run while it runs: its settings, compiled functions, checkpoint managers, writers,
-    and where it is (``state`` of meta-step ``step``)."""
+    the workdir's lock, and where it is (``state`` of meta-step ``step``). A context manager:
+    leaving it closes everything (pending saves finish, files close, the lock is released),
+    and a failure to write the workdir, here or inside, becomes one `StorageError`."""
 
     config: TrainConfig
     workdir: epath.Path
@@ -160,69 +185,106 @@ class Run:
     evaluator: Evaluator
     selection: Selection | None
     checkpoints: ocp.CheckpointManager
+    lock: run_dir.RunLock
     console: Console
     writer: Any
     state: MetaState
     step: int
     pending: PendingMetrics
     start_time: float
+    config_to_store: tuple[str, str] | None  # (file name, text) once the run checkpoints.
     train_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def is_chief(self) -> bool:
         return jax.process_index() == 0
 
-    def close(self) -> None:
-        """One shutdown for every exit (end, signal, error): pending saves finish, files
-        close."""
-        self.checkpoints.close()
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        closing: list[Exception] = []
+        for close in (self.checkpoints.close, self.writer.close):
+            try:
+                close()
+            except Exception as problem:  # noqa: BLE001 (reported below, after all closed)
+                closing.append(problem)
         if self.selection is not None:
             self.selection.best.close()
-        self.writer.flush()
-        self.writer.close()
+        self.lock.release()
+        first = error if error is not None else (closing[0] if closing else None)
+        if first is not None and run_dir.is_storage_error(first):
+            raise run_dir.storage_error(first, self.workdir) from None
+        if error is None and closing:
+            raise closing[0]
 
 
 # Phase 1: start-up.
 
 
-def start_up(config: TrainConfig, workdir: str, allow_config_change: bool, verbose: bool) -> Run:
-    """Checks what can be checked before compiling (the mesh divides the batches, the workdir
-    is writable and its stored config is this one, the model fits the data), builds the
-    compiled step and the evaluators, and restores the latest readable checkpoint."""
+def start_up(
+    config: TrainConfig,
+    workdir: str,
+    allow_config_change: bool,
+    verbose: bool,
+    signals: StopSignals,
+) -> "Run | dict[str, float]":
+    """Takes the workdir's lock and checks what can be checked before compiling (the mesh
+    divides the batches, the workdir is writable, its stored config is this one, the model
+    fits the data, its checkpoints are of this run and not past ``num_steps``); builds the
+    compiled step and the evaluators and restores the latest readable checkpoint. Writes
+    nothing but the lock before the run is accepted. Returns the run, or a finished run's
+    report. Raises `Stopped` if a stop signal arrived (nothing to save yet)."""
     start_time = time.time()
     mesh = sharding.task_mesh()
     sharding.check_divisible(config.meta_batch_size, mesh)
     sharding.check_divisible(
         config.eval_batch_size, mesh, what="evaluation batch (Evaluation.batch_size)"
     )
-    workdir = run_dir.resolve(workdir)
-    run_dir.check_writable(workdir)
-    episode = first_episode(config.train_sampler, config.seed)
-    if config.learner.meta_model is not None:
-        checks.check_model_fits_data(config.learner.meta_model, episode)
+    path = run_dir.resolve(workdir)
+    run_dir.check_writable(path)
+    lock = run_dir.RunLock(path)
+    lock.acquire()
+    try:
+        return _accept(config, path, lock, allow_config_change, verbose, signals, start_time)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _accept(config, workdir, lock, allow_config_change, verbose, signals, start_time):
+    """`start_up` once the lock is held."""
     config_text = gin.operative_config_str()
-    run_dir.check_and_store_config(workdir, config_text, allow_config_change)
-
-    from metax.train import writers  # Imports TensorBoard's protos: only when training.
-
-    init, train_step = make_train_step(
-        config.learner, config.train_sampler, config.meta_batch_size, mesh, config.seed
+    store_as = run_dir.config_to_store(workdir, config_text, allow_config_change)
+    report = finished_report(workdir, config.num_steps)
+    if report is not None:
+        _say_finished(report, workdir, verbose)
+        return report
+    mesh = sharding.task_mesh()
+    init, train_step = make_train_step(  # Checks the model against the first task.
+        config.learner,
+        config.train_sampler,
+        config.meta_batch_size,
+        mesh,
+        config.seed,
+        on_nonfinite="skip",  # Checked at each log and checkpoint (`PendingMetrics`).
     )
-    selection = None
-    if config.validation is not None:
-        metric, mode = config.validation.selection(config.learner, config.evaluation.inner_steps)
-        selection = Selection(
-            _evaluator(config, mesh, config.validation.sampler, "val"),
-            run_checkpoints.best_checkpoint_manager(workdir, metric, mode),
-            metric,
-        )
+    signals.check("start-up")
     console = Console(
         enabled=jax.process_index() == 0 and verbose,
         num_steps=config.num_steps,
         meta_batch_size=config.meta_batch_size,
     )
     checkpoints = run_checkpoints.checkpoint_manager(workdir, config.checkpoints.max_to_keep)
-    state, step = _resume(init, mesh, checkpoints, console, config.num_steps)
+    try:
+        state, step = _resume(init, mesh, checkpoints, console, config.num_steps)
+        signals.check("start-up")
+        selection = _selection(config, workdir, mesh)
+    except BaseException:
+        checkpoints.close()
+        raise
+    from metax.train import writers  # Imports TensorBoard's protos: only when training.
+
     run = Run(
         config=config,
         workdir=workdir,
@@ -232,18 +294,61 @@ def start_up(config: TrainConfig, workdir: str, allow_config_change: bool, verbo
         evaluator=_evaluator(config, mesh, config.eval_sampler, "eval"),
         selection=selection,
         checkpoints=checkpoints,
+        lock=lock,
         console=console,
         writer=writers.create_writer(workdir, jax.process_index() == 0),
         state=state,
         step=step,
         pending=PendingMetrics(step, config.skip_nonfinite),
         start_time=start_time,
+        config_to_store=None if store_as is None else (store_as, config_text),
     )
     if run.is_chief:
         _describe_run(run, config_text)
+        episode = first_episode(config.train_sampler, config.seed)
         if step == 0 and figures.is_image_episode(episode):
             run.writer.write_images(0, {"episode": figures.episode_grid(episode)[None]})
     return run
+
+
+def _selection(config: TrainConfig, workdir, mesh) -> Selection | None:
+    if config.validation is None:
+        return None
+    metric, mode = config.validation.selection(config.learner, config.evaluation.inner_steps)
+    return Selection(
+        _evaluator(config, mesh, config.validation.sampler, "val"),
+        run_checkpoints.best_checkpoint_manager(workdir, metric, mode),
+        metric,
+    )
+
+
+def finished_report(workdir: epath.Path, num_steps: int) -> dict[str, float] | None:
+    """The report of the run in ``workdir`` if it finished at ``num_steps`` (its
+    ``final_metrics.json`` is of that step and so is its latest checkpoint), else None.
+    Raises a ValueError if the run's latest checkpoint is past ``num_steps``."""
+    latest = run_checkpoints.latest_step(workdir)
+    if latest is not None and latest > num_steps:
+        raise ValueError(
+            f"The run in {workdir} is at step {latest:,}, past train.num_steps = {num_steps:,}: "
+            f"it cannot go back. Set train.num_steps to {latest:,} or more, or use a new "
+            f"--workdir."
+        )
+    path = workdir / FINAL_METRICS
+    if latest != num_steps or not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get("step") == num_steps else None
+
+
+def _say_finished(report: dict[str, float], workdir, verbose: bool) -> None:
+    message = (
+        f"The run in {workdir} finished at step {int(report['step']):,}; its report, "
+        f"{FINAL_METRICS}, is left as it is. Raise train.num_steps to train on, or evaluate "
+        f"it again with launch.evaluate."
+    )
+    logging.info(message)
+    if verbose and jax.process_index() == 0:
+        print(f"metax: {message}", flush=True)
 
 
 def _evaluator(config: TrainConfig, mesh, sampler: Sampler, split: str) -> Evaluator:
@@ -365,10 +470,19 @@ def evaluate(run: Run) -> None:
 
 
 def save(run: Run) -> None:
-    """Checkpoints the state, never past a non-finite step (pending metrics are checked)."""
+    """Checkpoints the state, never past a non-finite step (pending metrics are checked), with
+    the interval's training metrics beside it (`TRAIN_METRICS`). The run's config is stored
+    with its first checkpoint (a run that never checkpoints leaves no config behind)."""
     if run.pending:
         run.pending.collect(run.checkpoints.latest_step())
     run.checkpoints.save(run.step, args=ocp.args.StandardSave(run.state))
+    if run.is_chief and run.train_metrics:
+        record = {"step": run.step, "metrics": run.train_metrics}
+        run_dir.write_atomically(run.workdir / TRAIN_METRICS, json.dumps(record, indent=2))
+    if run.config_to_store is not None:
+        run.checkpoints.wait_until_finished()  # The config follows a complete checkpoint.
+        run_dir.store_config(run.workdir, *run.config_to_store)
+        run.config_to_store = None
 
 
 PERIODIC = (
@@ -419,43 +533,78 @@ def train_steps(run: Run, signals: StopSignals) -> None:
     run.checkpoints.wait_until_finished()
 
 
-def stopped(run: Run, signal_name: str) -> dict[str, float]:
+def stopped(run: Run, signal_name: str, phase: str = "training") -> dict[str, float]:
     """The report of a run stopped by a signal, once its current step is saved."""
-    logging.warning(
-        "Received %s at step %d: saved the checkpoint of step %d in %s; exiting. "
-        "Run the same command to resume.",
-        signal_name,
-        run.step,
-        run.step,
-        run.workdir,
-    )
+    if phase == "training":
+        message = (
+            f"Received {signal_name} at step {run.step}: saved the checkpoint of step "
+            f"{run.step} in {run.workdir}; exiting. Run the same command to resume."
+        )
+    else:
+        message = (
+            f"Received {signal_name} during {phase}: the checkpoint of step {run.step} in "
+            f"{run.workdir} is saved; exiting. Run the same command to finish the evaluation."
+        )
+    logging.warning(message)
+    run.console.say(message)
     return {"step": float(run.step), "stopped_by_signal": 1.0}
+
+
+def stopped_in_start_up(stop: Stopped, workdir: str) -> dict[str, float]:
+    """The report of a run stopped by a signal before its first meta-step: nothing new to
+    save."""
+    message = (
+        f"Received {stop.signal_name} during {stop.phase}, before any meta-step: nothing to save "
+        f"in {workdir}; exiting. Run the same command to start (or resume) the run."
+    )
+    logging.warning(message)
+    if jax.process_index() == 0:
+        print(f"metax: {message}", flush=True)
+    return {"stopped_by_signal": 1.0}
 
 
 # Phase 3: final evaluation.
 
 
-def final_evaluation(run: Run) -> dict[str, float]:
+def final_evaluation(run: Run, signals: StopSignals) -> dict[str, float]:
     """The meta-test evaluation of the last state or, with validation, of the best
-    checkpoint (validated once more at the last step), and the figure of held-out tasks."""
-    final = {"step": float(run.step), **run.train_metrics}
+    checkpoint (validated once more at the last step), and the figure of held-out tasks.
+    Raises `Stopped` (between evaluation calls) if a stop signal arrives: the last checkpoint
+    exists, and the same command runs this phase again."""
+
+    def check() -> None:
+        signals.check("the final evaluation")
+
+    final = {"step": float(run.step), **(run.train_metrics or _stored_train_metrics(run))}
     state = run.state
     if run.selection is not None:
-        final.update(validate(run, run.selection))
+        final.update(validate(run, run.selection, check))
         state, best_step = restore_best(run, run.selection)
         final["best/step"] = float(best_step)
     run.console.say(f"final evaluation on {run.evaluator.num_tasks} meta-test tasks ...")
-    final.update(run.evaluator(state))
+    final.update(run.evaluator(state, check))
+    check()
     shown = {k: v for k, v in final.items() if k.startswith(("eval/", "val/", "best/"))}
     run.writer.write_scalars(run.step, shown)
     write_final_figure(run, state)
     return final
 
 
-def validate(run: Run, selection: Selection) -> dict[str, float]:
+def _stored_train_metrics(run: Run) -> dict[str, float]:
+    """The training metrics saved with the checkpoint of this step (a run resumed at its last
+    step has logged nothing)."""
+    path = run.workdir / TRAIN_METRICS
+    if not path.exists():
+        return {}
+    record = json.loads(path.read_text())
+    return record["metrics"] if record.get("step") == run.step else {}
+
+
+def validate(run: Run, selection: Selection, check=None) -> dict[str, float]:
     """Evaluates on the validation tasks and offers the state to the best checkpoint (orbax
-    keeps it if its metric is the best so far); a non-finite metric is never offered."""
-    results = selection.evaluator(run.state)
+    keeps it if its metric is the best so far); a non-finite metric is never offered.
+    ``check()`` is called between evaluation calls (see `Evaluator`)."""
+    results = selection.evaluator(run.state, check)
     if selection.metric not in results:
         names = sorted(k for k in results if not k.endswith(("_ci95", "num_tasks")))
         raise ValueError(
@@ -526,7 +675,8 @@ def finish(run: Run, final: dict[str, float]) -> dict[str, float]:
     """Writes ``final_metrics.json`` (process 0) and prints the summary."""
     final["wall_time_s"] = time.time() - run.start_time
     if run.is_chief:
-        (run.workdir / FINAL_METRICS).write_text(json.dumps(final, indent=2, sort_keys=True))
+        text = json.dumps(final, indent=2, sort_keys=True)
+        run_dir.write_atomically(run.workdir / FINAL_METRICS, text)
     logging.info("Final metrics: %s", json.dumps(final, sort_keys=True))
     outputs = ["TensorBoard events", "checkpoints/", FINAL_METRICS, run_dir.CONFIG]
     outputs += [name for name in FIGURES if (run.workdir / name).exists()]

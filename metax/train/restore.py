@@ -145,7 +145,9 @@ def restore_run(
     config = load_config(workdir, bindings)
     mesh = sharding.task_mesh()
     # The state's shapes do not depend on the batch: one task per device fits any mesh.
-    init, _ = make_train_step(config.learner, config.train_sampler, mesh.size, mesh, config.seed)
+    init, _ = make_train_step(
+        config.learner, config.train_sampler, mesh.size, mesh, config.seed, on_nonfinite="skip"
+    )
     manager, step = _checkpoint_manager(path, config, checkpoint)
     try:
         state, step = run_checkpoints.restore_latest(

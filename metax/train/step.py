@@ -1,6 +1,7 @@
 """The compiled meta-step of a run: task batches drawn on device or fed from the host, the
 divergence guard."""
 
+import functools
 from collections.abc import Iterator
 
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from metax import checks
 from metax.data import host
 from metax.data.base import MetaBatch, TaskSampler, sample_meta_batch
 from metax.learner.base import Learner, MetaState
@@ -65,12 +67,46 @@ def report_learning_rates(meta_step):
     return reporting
 
 
+class NonfiniteStepError(FloatingPointError):
+    """A meta-step whose metrics or new meta-parameters were not finite (`make_train_step`'s
+    ``on_nonfinite="raise"``). Its update was not applied: ``state`` is the last finite state,
+    its step counter past the skipped step; ``metrics`` the step's metrics."""
+
+    def __init__(self, message: str, state, metrics):
+        super().__init__(message)
+        self.state, self.metrics = state, metrics
+
+
+def _raise_on_nonfinite(train_step):
+    """``train_step`` that waits for each step's non-finite flag and raises a
+    `NonfiniteStepError` naming the step and the non-finite metrics."""
+
+    def checked(state, *args):
+        state, metrics = train_step(state, *args)
+        if fetch(metrics[NONFINITE]):
+            values = fetch(metrics)
+            bad = sorted(k for k, v in values.items() if k != NONFINITE and not np.isfinite(v))
+            step = int(fetch(state.step))
+            raise NonfiniteStepError(
+                f"Non-finite {', '.join(bad) or 'meta-parameters'} at meta-step {step}: the "
+                f"update was not applied (the error's .state is the last finite state). Lower "
+                f"the learning rates; make_train_step(..., on_nonfinite='skip') skips such "
+                f"steps instead (metrics['nonfinite'] == 1).",
+                state,
+                values,
+            )
+        return state, metrics
+
+    return checked
+
+
 def make_train_step(
     learner: Learner,
     sampler: TaskSampler | host.HostTaskSampler,
     meta_batch_size: int,
     mesh,
     seed: int,
+    on_nonfinite: str = "raise",
 ):
     """The compiled ``init() -> state`` and ``train_step(state) -> (state, metrics)`` of a run.
 
@@ -83,9 +119,26 @@ def make_train_step(
     instead, ``batch`` the step's task-sharded meta-batch from `train_batches`.
 
     Divergence guard: if any metric or new meta-parameter is not finite, the step returns the
-    old state (step counter advanced) and ``metrics["nonfinite"] = 1``.
+    old state (step counter advanced) and ``metrics["nonfinite"] = 1``; with
+    ``on_nonfinite="raise"`` (the default) ``train_step`` then raises a `NonfiniteStepError`
+    naming the step. Raising waits for each step's flag (a host sync per step); ``"skip"``
+    returns at once and leaves the check to the caller (`metax.train.train` checks every
+    ``log_every`` steps and counts skipped steps).
+
+    Before anything compiles, the sampler's first task is checked against the model with
+    concrete labels (`metax.checks.check_model_fits_data`: shapes, input rank, classes).
     """
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
     sharding.check_divisible(meta_batch_size, mesh)
+    if learner.meta_model is not None:
+        checks.check_model_fits_data(learner.meta_model, first_episode(sampler, seed))
+    init, train_step = _jitted_steps(learner, sampler, meta_batch_size, mesh, seed)
+    return init, train_step if on_nonfinite == "skip" else _raise_on_nonfinite(train_step)
+
+
+def _jitted_steps(learner: Learner, sampler, meta_batch_size: int, mesh, seed: int):
+    """`make_train_step`'s jitted init and (guarded) step."""
     rep, tasks = sharding.replicated(mesh), sharding.task_sharded(mesh)
     root_key = jax.random.key(seed)
     step_key = jax.random.fold_in(root_key, TRAIN_STEP)
@@ -209,9 +262,15 @@ def first_episode(sampler: TaskSampler | host.HostTaskSampler, seed: int, stream
     if isinstance(sampler, host.HostTaskSampler):
         batch = host.scale_images(host.host_meta_batch(sampler, seed, stream, 0, np.arange(1)))
         return jax.tree.map(lambda x: x[0], batch)
-    data_key = jax.random.fold_in(jax.random.key(seed), stream)
-    batch = jax.jit(lambda: sample_meta_batch(sampler, jax.random.fold_in(data_key, 0), 1))()
+    batch = _first_batch(sampler, seed, stream)
     return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(batch))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _first_batch(sampler: TaskSampler, seed: int, stream: int) -> MetaBatch:
+    """Batch 0 (one task) of a key stream, compiled once per sampler, seed and stream."""
+    data_key = jax.random.fold_in(jax.random.key(seed), stream)
+    return sample_meta_batch(sampler, jax.random.fold_in(data_key, 0), 1)
 
 
 def abstract_state(init, mesh):

@@ -115,7 +115,9 @@ def test_nonfinite_update_stops_the_run_and_keeps_the_last_good_checkpoint(unint
     failed = run(workdir, diverging, flags=["--allow_config_change"], ok=False)
     assert f"metax: resumed from the checkpoint of step {STEPS}" in failed.stdout
     assert (workdir / "config.gin").read_text() == stored  # Never overwritten,
-    assert "learning_rate = 1e+30" in (workdir / "config.1.gin").read_text()  # stored beside.
+    # and the failed attempt's config is not kept: it produced no checkpoint (a kept one
+    # would make the original command be refused as "another config").
+    assert not (workdir / "config.1.gin").exists()
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     line = failed.stderr.strip().splitlines()[-1]
     assert line.startswith("Error: Non-finite ") and f"at meta-step {STEPS + 1}" in line
@@ -125,6 +127,7 @@ def test_nonfinite_update_stops_the_run_and_keeps_the_last_good_checkpoint(unint
     assert_trees_equal(meta_params(workdir, STEPS), params)
     skipping = run(workdir, [*diverging, "train.skip_nonfinite = True"], ["--allow_config_change"])
     assert skipping.returncode == 0
+    assert "learning_rate = 1e+30" in (workdir / "config.1.gin").read_text()  # Stored beside.
     metrics = json.loads((workdir / "final_metrics.json").read_text())
     assert metrics["train/skipped_steps"] == 5  # Every step of the last log interval.
     assert_trees_equal(meta_params(workdir, STEPS + 10), params)  # No update was applied.
