@@ -54,6 +54,27 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
 USER_ERRORS = (TypeError, ValueError, OSError, FloatingPointError, RuntimeError)
 
 
+def _is_storage_error(error) -> bool:
+    from metax.train.workdir import is_storage_error
+
+    return error is not None and is_storage_error(error)
+
+
+def _quiet_unraisable(hook):
+    """``sys.unraisablehook`` without the echoes of a failed background save: once orbax's
+    asynchronous save fails (a full disk), TensorStore's callbacks into its closed event loop
+    raise "Event loop is closed" in threads that cannot report it; the save's own error is
+    what the run reports."""
+
+    def quiet(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        hook(unraisable)
+
+    return quiet
+
+
 class QuietLibraries(logging_std.Filter):
     """Drops orbax's per-save INFO chatter and gin's lookups of include paths it then finds."""
 
@@ -61,6 +82,9 @@ class QuietLibraries(logging_std.Filter):
         path = record.pathname.replace(os.sep, "/")
         if "/orbax/" in path and record.levelno < logging_std.WARNING:
             return False
+        background = "/orbax/" in path or "/clu/" in path  # Saves and summaries' threads.
+        if background and record.exc_info and _is_storage_error(record.exc_info[1]):
+            return False  # A full disk in a background write: the run reports it in one line.
         return not path.endswith("gin/resource_reader.py")
 
 
@@ -215,6 +239,7 @@ def quiet_by_default() -> None:
     printed to stdout (`metax.train.console`), and INFO logs (clu's metric lines, JAX's
     backend probing, orbax) are for log files. Drops orbax's and gin's INFO chatter even then."""
     logging.get_absl_handler().addFilter(QuietLibraries())
+    sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     if flags.FLAGS["verbosity"].present:
         return
     logging.set_verbosity(logging.WARNING)

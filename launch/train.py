@@ -59,18 +59,11 @@ def default_workdir(gin_files: list[str]) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from metax.train.signals import Stopped, StopSignals
+    from metax.train.signals import StopSignals
 
     # Noted from here on, in every phase: a run stops where it is safe, and exits 0 saying so.
     with StopSignals(install=not multi_process_requested()) as signals:
-        try:
-            run(signals)
-        except Stopped as stop:
-            print(
-                f"metax: received {stop.signal_name} during {stop.phase}, before any meta-step: "
-                f"nothing to save; exiting. Run the same command to start the run.",
-                flush=True,
-            )
+        run(signals)
 
 
 def run(signals) -> None:
@@ -83,6 +76,7 @@ def run(signals) -> None:
 
     import metax.train
     from metax.train import workdir as run_dir
+    from metax.train.signals import Stopped
 
     if jax.process_count() > 1 and not _WORKDIR.value:
         sys.exit(
@@ -96,6 +90,12 @@ def run(signals) -> None:
     try:
         config = metax.train.TrainConfig()  # gin's `train`: builds the learner and samplers.
         signals.check("start-up")
+    except Stopped as stop:
+        metax.train.loop.stopped_in_start_up(stop, workdir)
+        return
+    except USER_ERRORS as error:
+        sys.exit(f"Error: {user_message(error)}")
+    try:
         metax.train.train(
             config,
             workdir,

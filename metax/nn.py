@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from metax.types import Array, Params, PRNGKey, State
+from metax.validate import check_int, check_optional_int
 
 BATCH_NORM_DECAY = 0.9
 BATCH_NORM_EPS = 1e-5
@@ -72,6 +73,7 @@ def _modulate(z: Array, name: str, gain: dict | None, shift: dict | None) -> Arr
 @gin.register(module="metax.nn")
 def linear(out_features: int) -> Model:
     """Affine map ``(n, d) -> (n, out_features)``; params ``{"w": (d, out), "b": (out,)}``."""
+    check_int("linear out_features", out_features, 1)
 
     def init(rng: PRNGKey, sample: Array) -> tuple[Params, State]:
         return _linear_init(rng, sample.shape[-1], out_features), {}
@@ -99,7 +101,14 @@ def mlp(
     ``L = len(hidden_sizes)``. ``apply`` accepts optional ``gain``/``shift`` dicts keyed by
     ``"layer_i"`` with shape ``(hidden_sizes[i],)`` (see module docstring).
     """
+    if isinstance(hidden_sizes, int):
+        raise ValueError(
+            f"mlp hidden_sizes must be a tuple of widths, e.g. (40, 40), got {hidden_sizes}."
+        )
     hidden_sizes = tuple(hidden_sizes)
+    for width in hidden_sizes:
+        check_int("mlp hidden_sizes' widths", width, 1)
+    check_int("mlp out_features", out_features, 1)
 
     def init(rng: PRNGKey, sample: Array) -> tuple[Params, State]:
         sizes = (sample.shape[-1], *hidden_sizes, out_features)
@@ -263,10 +272,9 @@ def conv4(
     ``"per_task"`` mode normalized with the running statistics of the last step). With K = 1
     it computes what ``per_step_batch_norm=None`` does.
     """
-    if per_step_batch_norm is not None and per_step_batch_norm < 1:
-        raise ValueError(
-            f"conv4 per_step_batch_norm must be None or >= 1, got {per_step_batch_norm}."
-        )
+    check_int("conv4 num_channels", num_channels, 1)
+    check_int("conv4 num_blocks", num_blocks, 1)
+    check_optional_int("conv4 per_step_batch_norm", per_step_batch_norm, 1)
     steps = per_step_batch_norm
     if pooling not in ("max", "strided"):
         raise ValueError(f"conv4 pooling must be 'max' or 'strided', got {pooling!r}.")

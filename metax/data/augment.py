@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from metax.types import Array, PRNGKey
+from metax.validate import check_int, check_number
 
 Augment = Callable[[PRNGKey, Array], Array]
 
@@ -20,8 +21,7 @@ Augment = Callable[[PRNGKey, Array], Array]
 def random_crop(padding: int = 4) -> Augment:
     """Pads with ``padding`` zero pixels on every side, then crops a random window of the
     original size (the standard CIFAR / mini-ImageNet augmentation)."""
-    if padding < 0:
-        raise ValueError(f"random_crop padding must be >= 0, got {padding}.")
+    check_int("random_crop padding", padding, 0)
 
     def augment(rng: PRNGKey, image: Array) -> Array:
         h, w, _ = image.shape
@@ -35,7 +35,8 @@ def random_crop(padding: int = 4) -> Augment:
 @gin.register(module="metax.data")
 def horizontal_flip(probability: float = 0.5) -> Augment:
     """Mirrors the image left-right with ``probability``."""
-    if not 0 <= probability <= 1:
+    check_number("horizontal_flip probability", probability, 0)
+    if probability > 1:
         raise ValueError(f"horizontal_flip probability must be in [0, 1], got {probability}.")
 
     def augment(rng: PRNGKey, image: Array) -> Array:

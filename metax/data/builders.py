@@ -58,11 +58,17 @@ class ImageConfig(tfds.core.BuilderConfig):
 
 def _file_reader(path: str) -> ImageReader:
     def read():
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(path) as image:
-            image.load()
-            return image
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return image
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(
+                f"The image {path} cannot be read ({error}): it is damaged or not an image. "
+                f"Replace it, or remove it from the class folder."
+            ) from None
 
     return read
 
@@ -287,7 +293,14 @@ def read_cifar100(manual_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         raise _missing(CifarFewShot, manual_dir, f"none of {list(CIFAR100_ARCHIVES)}")
     images, fine, coarse = [], [], []
-    with tarfile.open(path) as tar:
+    try:
+        tar = tarfile.open(path)  # noqa: SIM115 (closed by the with below)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise ValueError(
+            f"{path} cannot be read ({error}): it is truncated or damaged. Download it again "
+            f"(https://www.cs.toronto.edu/~kriz/cifar.html)."
+        ) from None
+    with tar:
 
         def member(name: str):
             found = tar.extractfile(name)

@@ -11,6 +11,7 @@ ink 255 on 0), one example per drawing with its character label (an index into t
 
 import os
 import zipfile
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -27,14 +28,30 @@ ZIP_SPLITS = {
 DRAWINGS_PER_CHARACTER = 20
 
 
+class DamagedZipError(ValueError):
+    """An Omniglot zip that cannot be read: one line naming it and the fix."""
+
+    def __init__(self, zip_path: str, reason: str):
+        super().__init__(
+            f"{zip_path} cannot be read ({reason}): it is truncated or damaged. Download it "
+            f"again (https://github.com/brendenlake/omniglot/tree/master/python)."
+        )
+
+
 def _characters(zip_path: str) -> list[tuple[str, str, list[str]]]:
     """(alphabet, character, png member names) of one zip, sorted."""
     groups: dict[tuple[str, str], list[str]] = {}
-    with zipfile.ZipFile(zip_path) as archive:
-        for name in archive.namelist():
-            parts = name.split("/")
-            if len(parts) == 4 and parts[3].endswith(".png"):
-                groups.setdefault((parts[1], parts[2]), []).append(name)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise DamagedZipError(zip_path, str(error) or type(error).__name__) from None
+    for name in names:
+        parts = name.split("/")
+        if len(parts) == 4 and parts[3].endswith(".png"):
+            groups.setdefault((parts[1], parts[2]), []).append(name)
+    if not groups:
+        raise DamagedZipError(zip_path, "it holds no alphabet/character/*.png drawings")
     return [(a, c, sorted(files)) for (a, c), files in sorted(groups.items())]
 
 
@@ -98,10 +115,14 @@ class OmniglotZips(tfds.core.GeneratorBasedBuilder):
         with zipfile.ZipFile(zip_path) as archive:
             for a, c, files in characters:
                 for member in files:
+                    try:
+                        image = _read_png(archive, member, self.builder_config.shape[0])
+                    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as error:
+                        raise DamagedZipError(zip_path, f"{member}: {error}") from None
                     yield (
                         member,
                         {
-                            "image": _read_png(archive, member, self.builder_config.shape[0]),
+                            "image": image,
                             "label": np.int32(label[(a, c)]),
                             "alphabet": np.int32(alphabet[a]),
                         },

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from metax.data.base import Dataset, MetaBatch, TaskSampler
 from metax.types import Array, PRNGKey
+from metax.validate import check_int
 
 MODES = ("train", "test", "ood")
 INPUT_RANGE = (-5.0, 5.0)
@@ -57,11 +58,8 @@ def _check_mode(mode: str) -> bool:
 
 
 def _check_shots(num_train_shots: int, num_test_shots: int) -> None:
-    if num_train_shots < 1 or num_test_shots < 1:
-        raise ValueError(
-            f"num_train_shots and num_test_shots must be >= 1, got {num_train_shots} and "
-            f"{num_test_shots}."
-        )
+    check_int("num_train_shots", num_train_shots, 1)
+    check_int("num_test_shots", num_test_shots, 1)
 
 
 def _regression_sampler(

@@ -13,6 +13,7 @@ from metax.learner.base import (
 from metax.learner.inner import InnerLoop, TaskChunk, adapt_task, run_inner_loop
 from metax.learner.registry import register_learner
 from metax.meta_models.base import MetaModel
+from metax.validate import check_number
 
 
 @register_learner(
@@ -55,8 +56,7 @@ def eqprop(
     meta-parameter must enter the inner energy.
     ``task_chunk``: how tasks are mapped, as for every learner (`metax.learner.inner.TaskChunk`).
     """
-    if beta <= 0:
-        raise ValueError(f"eqprop beta must be > 0, got {beta}.")
+    check_number("eqprop beta", beta, 0, above=True)
     check_meta_params_enter(
         meta_model,
         "energy",

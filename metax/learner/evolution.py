@@ -17,6 +17,7 @@ from metax.learner.base import (
 from metax.learner.inner import InnerLoop, TaskChunk, adapt_and_score, map_tasks, resolve_task_chunk
 from metax.learner.registry import register_learner
 from metax.meta_models.base import MetaModel
+from metax.validate import check_int
 
 
 @register_learner(
@@ -59,8 +60,7 @@ def evolution(
     if not hasattr(algorithms, strategy):
         names = sorted(n for n in dir(algorithms) if n[0].isupper())
         raise ValueError(f"evolution strategy {strategy!r} is not in evosax.algorithms: {names}.")
-    if population_size < 2:
-        raise ValueError(f"evolution population_size must be >= 2, got {population_size}.")
+    check_int("evolution population_size", population_size, 2)
     inner = InnerLoop(
         optimizer=inner_optimizer,
         num_steps=num_inner_steps,

@@ -29,6 +29,7 @@ from metax.learner.inner import InnerLoop, TaskChunk, adapt_task
 from metax.learner.registry import register_learner
 from metax.meta_models.base import MetaModel
 from metax.types import Params
+from metax.validate import check_int, check_number
 
 Hvp = Callable[[Params], Params]
 
@@ -55,11 +56,9 @@ def conjugate_gradient(
         raise ValueError(
             f"conjugate_gradient solver must be one of {sorted(solvers)}, got {solver!r}."
         )
-    if num_steps < 1 or damping < 0:
-        raise ValueError(
-            f"conjugate_gradient needs num_steps >= 1 and damping >= 0, got "
-            f"{num_steps} and {damping}."
-        )
+    check_int("conjugate_gradient num_steps", num_steps, 1)
+    check_number("conjugate_gradient damping", damping, 0)
+    check_int("conjugate_gradient restart", restart, 1)
 
     def solve(hvp, v):
         def damped(u):
@@ -78,10 +77,8 @@ def recurrent_backprop(num_steps: int = 10, alpha: float = 0.01) -> InverseHvp:
     """Neumann series ``H^-1 v ~ alpha sum_{k=0}^{K} (I - alpha H)^k v`` (Almeida-Pineda
     recurrent backpropagation, Liao et al. 2018). Converges iff ``0 < alpha < 2 / lambda_max(H)``
     with H positive definite; the error then shrinks like ``max_i |1 - alpha lambda_i|^(K+1)``."""
-    if num_steps < 0 or alpha <= 0:
-        raise ValueError(
-            f"recurrent_backprop needs num_steps >= 0 and alpha > 0, got {num_steps} and {alpha}."
-        )
+    check_int("recurrent_backprop num_steps", num_steps, 0)
+    check_number("recurrent_backprop alpha", alpha, 0, above=True)
 
     def solve(hvp, v):
         def body(_, carry):

@@ -14,6 +14,7 @@ from metax.data.base import Dataset, MetaBatch, num_tasks, task_keys
 from metax.learner.protocols import AdaptFn, EvaluateFn
 from metax.meta_models.base import EnergyFn, MetaModel
 from metax.types import Array, Metrics, Params, PRNGKey, State
+from metax.validate import check_bool, check_int, check_optional_int
 
 MAX_UNROLLED_STEPS = 16
 TaskChunk = int | str | None
@@ -65,10 +66,11 @@ class InnerLoop:
                 f"The {name}inner optimizer must be an optax GradientTransformation (e.g. "
                 f"optax.sgd(0.01)), got {self.optimizer!r}."
             )
-        if self.num_steps < 0:
-            raise ValueError(f"{name}num_inner_steps must be >= 0, got {self.num_steps}.")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"{name}inner_batch_size must be >= 1 or None, got {self.batch_size}.")
+        check_int(f"{name}num_inner_steps", self.num_steps, 0)
+        check_optional_int(f"{name}inner_batch_size", self.batch_size, 1)
+        check_bool(f"{name}first_order", self.first_order)
+        check_bool(f"{name}remat", self.remat)
+        check_optional_int(f"{name}backprop_steps", self.backprop_steps, 0)
         if self.backprop_steps is not None and not 0 <= self.backprop_steps <= self.num_steps:
             raise ValueError(
                 f"{name}backprop_steps must be in [0, num_inner_steps={self.num_steps}], "

@@ -7,6 +7,7 @@ from metax import energy, nn
 from metax.energy import Energy
 from metax.meta_models.base import MetaModel, make_energies
 from metax.meta_models.registry import register_meta_model, tiny_mlp
+from metax.validate import check_int
 
 
 @register_meta_model(
@@ -28,8 +29,7 @@ def cavia(
     * Inner and outer energies: ``loss_fn``; no regularizer.
     * Inputs must be flat vectors ``(n, d)``.
     """
-    if embedding_dim < 1:
-        raise ValueError(f"cavia embedding_dim must be >= 1, got {embedding_dim}.")
+    check_int("cavia embedding_dim", embedding_dim, 1)
 
     def with_context(inputs, context):
         if inputs.ndim != 2:

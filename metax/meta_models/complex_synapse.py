@@ -7,6 +7,7 @@ from metax import energy, nn
 from metax.energy import Energy
 from metax.meta_models.base import MetaModel, make_energies
 from metax.meta_models.registry import register_meta_model, tiny_mlp
+from metax.validate import check_number
 
 
 @register_meta_model(
@@ -36,8 +37,8 @@ def complex_synapse(
     ``log_lambda`` gets no meta-gradient from MAML (it does from 2 steps on, and from implicit
     differentiation or equilibrium propagation at the inner optimum, CML's setting).
     """
-    if l2_fixed and reg_strength < 0:
-        raise ValueError(f"complex_synapse reg_strength must be >= 0, got {reg_strength}.")
+    check_number("complex_synapse reg_strength", reg_strength, 0)
+    check_number("complex_synapse log_strength_init", log_strength_init)
 
     def init(rng, sample_input):
         params, state = model.init(rng, sample_input)

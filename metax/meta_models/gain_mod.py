@@ -6,6 +6,7 @@ from metax import energy, nn
 from metax.energy import Energy
 from metax.meta_models.base import MetaModel, make_energies
 from metax.meta_models.registry import register_meta_model, tiny_mlp
+from metax.validate import check_optional_number
 
 
 @register_meta_model(
@@ -39,8 +40,7 @@ def gain_mod(
       when ``reg_strength`` is set. Outer energy: ``loss_fn``.
     * Model state ``{"body", "head"}``: see ``batch_norm`` in `make_energies`.
     """
-    if reg_strength is not None and reg_strength < 0:
-        raise ValueError(f"gain_mod reg_strength must be >= 0 or None, got {reg_strength}.")
+    check_optional_number("gain_mod reg_strength", reg_strength, 0)
     modulation = body.modulation
     if modulation is None:
         raise ValueError(

@@ -4,6 +4,7 @@ from metax import energy, nn
 from metax.energy import Energy
 from metax.meta_models.base import MetaModel, make_energies
 from metax.meta_models.registry import register_meta_model, tiny_mlp
+from metax.validate import check_optional_number
 
 
 @register_meta_model(
@@ -26,8 +27,7 @@ def learned_init(
     * Outer energy: ``loss_fn`` on the query set.
     * Model state (BatchNorm statistics): see ``batch_norm`` in `make_energies`.
     """
-    if reg_strength is not None and reg_strength < 0:
-        raise ValueError(f"learned_init reg_strength must be >= 0 or None, got {reg_strength}.")
+    check_optional_number("learned_init reg_strength", reg_strength, 0)
 
     def init(rng, sample_input):
         params, state = model.init(rng, sample_input)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from metax.meta_models.base import MetaModel
 from metax.meta_models.learned_init import learned_init
 from metax.meta_models.registry import register_meta_model, tiny_mlp
+from metax.validate import check_int, check_number
 
 RATES_KEY = "lr"
 RATE_LAYOUTS = ("parameter", "layer")
@@ -42,8 +43,8 @@ def learned_rates(
     """
     if per not in RATE_LAYOUTS:
         raise ValueError(f"learned_rates per must be one of {RATE_LAYOUTS}, got {per!r}.")
-    if num_steps < 1:
-        raise ValueError(f"learned_rates num_steps must be >= 1, got {num_steps}.")
+    check_int("learned_rates num_steps", num_steps, 1)
+    check_number("learned_rates init_rate", init_rate)
     used = (meta_model.reset_keys or set()) | (meta_model.energy_keys or set())
     if RATES_KEY in used or meta_model.optimizer_keys:
         raise ValueError(

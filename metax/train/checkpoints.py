@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from metax.train.settings import check_int
+from metax.validate import check_int
 
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best_checkpoint"
@@ -106,8 +106,7 @@ def restore_latest(
     ``step``, raises a FileNotFoundError saying so.
     """
     for _ in range(RESTORE_ATTEMPTS):
-        manager.reload()
-        steps = sorted(manager.all_steps(), reverse=True)
+        steps = sorted(_listed_steps(manager), reverse=True)
         if step is not None:
             if step not in steps:
                 raise FileNotFoundError(
@@ -135,6 +134,18 @@ def restore_latest(
 RESTORE_ATTEMPTS = 10
 
 
+def _listed_steps(manager: ocp.CheckpointManager) -> list[int]:
+    """The complete steps, listed afresh; retried while a run deletes one as it is listed."""
+    for _ in range(RESTORE_ATTEMPTS):
+        try:
+            manager.reload()
+            return list(manager.all_steps())
+        except FileNotFoundError:
+            continue
+    manager.reload()
+    return list(manager.all_steps())
+
+
 def _restore_first_readable(manager, abstract_state, steps: list[int], set_aside: bool):
     """The first of ``steps`` that restores; raises `_DeletedError` if one vanishes meanwhile."""
     for candidate in steps:
@@ -153,7 +164,10 @@ def _restore_first_readable(manager, abstract_state, steps: list[int], set_aside
             restored = manager.restore(candidate, args=ocp.args.StandardRestore(abstract_state))
             return restored, candidate
         except Exception as error:  # noqa: BLE001 (any failure to read means: unreadable)
-            if not (epath.Path(manager.directory) / str(candidate)).exists():
+            now = _listed_steps(manager)
+            if candidate not in now or max(now) > candidate:
+                # A run writing the workdir moved on and deletes its old checkpoints (a
+                # damaged checkpoint stays listed, and no newer one comes while it is read).
                 raise _DeletedError(f"The checkpoint of step {candidate} was deleted") from None
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
             logging.warning(

@@ -15,7 +15,7 @@ from metax.data.host import HostTaskSampler
 from metax.learner.base import Learner
 from metax.train.checkpoints import Checkpoints
 from metax.train.evaluation import SAMPLER_KINDS, SAMPLERS, Evaluation, Validation
-from metax.train.settings import check_bool, check_instance, check_int
+from metax.validate import check_bool, check_instance, check_int
 
 # Bindings of metax 0.2 and the settings that replaced them (0.3): named in the error a stored
 # or hand-written config with an old binding gets.

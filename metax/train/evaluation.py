@@ -13,8 +13,8 @@ from metax.data import host
 from metax.data.base import MetaBatch, TaskSampler, sample_meta_batch
 from metax.learner.base import Learner, MetaState, evaluation_settings
 from metax.train import sharding
-from metax.train.settings import check_instance, check_int, check_int_tuple, check_optional_int
 from metax.train.step import EVAL_DATA, EVAL_STEP, VAL_DATA, VAL_STEP, fetch
+from metax.validate import check_instance, check_int, check_int_tuple, check_optional_int
 
 CI95_Z = 1.959963984540054
 SAMPLERS = (TaskSampler, host.HostTaskSampler)

@@ -246,10 +246,13 @@ def start_up(
     lock = run_dir.RunLock(path)
     lock.acquire()
     try:
-        return _accept(config, path, lock, allow_config_change, verbose, signals, start_time)
+        accepted = _accept(config, path, lock, allow_config_change, verbose, signals, start_time)
     except BaseException:
         lock.release()
         raise
+    if isinstance(accepted, dict):  # A finished run: nothing to do.
+        lock.release()
+    return accepted
 
 
 def _accept(config, workdir, lock, allow_config_change, verbose, signals, start_time):

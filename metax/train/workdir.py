@@ -100,7 +100,9 @@ def storage_error(error: BaseException, where) -> StorageError:
         if full
         else "check the workdir's storage and run the same command again"
     )
-    return StorageError(errno.ENOSPC if full else errno.EIO, f"{reason} writing {where}: {fix}.")
+    error_ = StorageError(f"{reason} writing {where}: {fix}.")
+    error_.errno = errno.ENOSPC if full else errno.EIO
+    return error_
 
 
 def is_storage_error(error: BaseException) -> bool:

@@ -157,12 +157,37 @@ def test_unwritable_workdir(tmp_path):
     "binding, message",
     [
         ("train.num_steps = -5", "train.num_steps must be an integer >= 1, got -5 (int)."),
-        ("metax.learner.maml.num_inner_steps = -1", "maml num_inner_steps must be >= 0, got -1."),
+        ("train.num_steps = 'x'", "train.num_steps must be an integer >= 1, got 'x' (str)."),
+        ("train.num_steps = 1.5", "train.num_steps must be an integer >= 1, got 1.5 (float)."),
+        ("train.seed = 'x'", "train.seed must be an integer >= 0, got 'x' (str)."),
+        ("train.skip_nonfinite = 'yes'", "train.skip_nonfinite must be True or False"),
+        ("train.learner = 3", "train.learner must be a metax Learner"),
         ("Evaluation.inner_steps = ()", "Evaluation.inner_steps must be a non-empty tuple"),
+        ("Evaluation.inner_steps = 5", "Evaluation.inner_steps must be a non-empty tuple"),
+        ("Evaluation.batch_size = 0", "Evaluation.batch_size must be an integer >= 1"),
+        ("Checkpoints.max_to_keep = 2.5", "Checkpoints.max_to_keep must be an integer >= 1"),
+        ("metax.learner.maml.num_inner_steps = -1", "maml num_inner_steps must be an integer >= 0"),
+        (
+            "metax.learner.maml.num_inner_steps = 'x'",
+            "maml num_inner_steps must be an integer >= 0",
+        ),
+        ("metax.learner.maml.first_order = 'yes'", "maml first_order must be True or False"),
+        ("metax.nn.mlp.hidden_sizes = 40", "mlp hidden_sizes must be a tuple of widths"),
+        (
+            "train/metax.data.sinusoid.num_train_shots = 0",
+            "num_train_shots must be an integer >= 1",
+        ),
     ],
 )
-def test_invalid_numbers(tmp_path, binding, message):
-    assert message in launch_error(tmp_path, [f"--gin_file={QUICK}", f"--gin_bindings={binding}"])
+def test_a_bad_value_is_one_line_naming_its_binding_and_nothing_is_written(
+    tmp_path, binding, message
+):
+    workdir = tmp_path / "run"
+    line = launch_error(
+        tmp_path, [f"--gin_file={QUICK}", f"--gin_bindings={binding}"], workdir=workdir
+    )
+    assert message in line, line
+    assert sorted(os.listdir(workdir)) == ["notes.txt"]  # No workdir files, no checkpoints/1.5.
 
 
 @pytest.mark.parametrize(
@@ -253,3 +278,33 @@ def test_python_api_mistakes_get_errors_that_name_the_fix():
     learner.maml(meta_models.learned_init(flattened, energy.cross_entropy)).init(
         jax.random.key(0), episodes
     )
+
+
+def test_a_damaged_stored_config_is_one_line_naming_the_file(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.gin").write_text("train.num_steps = (\nmetax.nn.mlp.@@@\n")
+    args = [f"--gin_file={QUICK}", "--gin_bindings=train.meta_batch_size = 8"]
+    line = launch_error(tmp_path, args, workdir=workdir)
+    assert line.startswith(f"Error: The stored config {workdir / 'config.gin'} cannot be read")
+    assert "restore it from a copy, or use a new --workdir" in line
+
+
+def test_a_truncated_omniglot_zip_is_one_line_naming_the_file(tmp_path):
+    zips = os.path.join(os.path.dirname(REPO), "shared", "data", "omniglot")
+    source = os.path.join(
+        os.environ.get("METAX_OMNIGLOT_DIR", zips), "images_background_small1.zip"
+    )
+    if not os.path.exists(source):
+        pytest.skip(f"Omniglot zips not found beside {source}.")
+    damaged = tmp_path / "zips" / "images_background_small1.zip"
+    damaged.parent.mkdir()
+    with open(source, "rb") as f:
+        damaged.write_bytes(f.read(300_000))  # The first 300 kB: no central directory.
+    line = launch_error(
+        tmp_path,
+        ["--gin_file=configs/maml_omniglot_minimal.gin"],
+        env={"METAX_OMNIGLOT_DIR": str(damaged.parent), "METAX_TFDS_DIR": str(tmp_path / "tfds")},
+    )
+    assert line.startswith(f"Error: {damaged} cannot be read"), line
+    assert "truncated or damaged. Download it again" in line

@@ -9,7 +9,7 @@ from tests.helpers.runs import REPO as REPO_PATH
 REPO = pathlib.Path(REPO_PATH)
 # Bottom to top; a module may import its own layer and those below.
 LAYERS = (
-    ("metax.types", "metax.mesh"),
+    ("metax.types", "metax.mesh", "metax.validate"),
     ("metax.nn", "metax.energy", "metax.data"),
     ("metax.meta_models", "metax.module", "metax.checks"),
     ("metax.learner",),

@@ -100,5 +100,5 @@ def test_sampling_runs_inside_jit():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="mode must be one of"):
         data.sinusoid(mode="validation")
-    with pytest.raises(ValueError, match="num_train_shots and num_test_shots must be >= 1"):
+    with pytest.raises(ValueError, match="num_train_shots must be an integer >= 1"):
         data.harmonic(num_train_shots=0)

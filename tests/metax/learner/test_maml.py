@@ -151,7 +151,7 @@ def test_full_minibatch_equals_full_batch_and_smaller_differs(x64):
 
 def test_invalid_arguments_are_rejected():
     meta_model = meta_models.learned_init(nn.linear(1))
-    with pytest.raises(ValueError, match="num_inner_steps must be >= 0"):
+    with pytest.raises(ValueError, match="num_inner_steps must be an integer >= 0"):
         learner.maml(meta_model, num_inner_steps=-1)
     maml = learner.maml(meta_model, inner_batch_size=50)
     batch = linear_regression_batch()

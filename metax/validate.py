@@ -1,5 +1,6 @@
-"""Checks for the training settings values (`metax.train.TrainConfig` and the values it holds):
-each bad value gets one line that names its gin binding and what the binding accepts."""
+"""Checks of settings a user gives (in gin or in Python): each bad value gets one line that
+names its binding and what the binding accepts, before anything is built or written. Used by
+every layer (the training settings, learners, meta-models, models, samplers)."""
 
 import numbers
 from collections.abc import Sequence
@@ -50,3 +51,20 @@ def check_instance(name: str, value, kinds: tuple[type, ...], what: str) -> None
     describes them for the message, e.g. "a task sampler (metax.data.sinusoid(), ...)")."""
     if not isinstance(value, kinds):
         raise TypeError(f"{name} must be {what}, got {_shown(value)}.")
+
+
+def check_number(name: str, value, minimum: float | None = None, above: bool = False) -> None:
+    """Raises a ValueError naming ``name`` unless ``value`` is a real number (not a bool) at
+    least ``minimum`` (strictly above it with ``above``)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and minimum is not None:
+        ok = value > minimum if above else value >= minimum
+    if not ok:
+        bound = "" if minimum is None else f" {'>' if above else '>='} {minimum}"
+        raise ValueError(f"{name} must be a number{bound}, got {_shown(value)}.")
+
+
+def check_optional_number(name: str, value, minimum: float | None = None, above=False) -> None:
+    """As `check_number`, or None."""
+    if value is not None:
+        check_number(name, value, minimum, above)
