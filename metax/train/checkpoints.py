@@ -42,13 +42,10 @@ def checkpoint_manager(
     """Orbax's manager of ``workdir/checkpoints``: a checkpoint is written to a temporary folder
     and renamed when complete, so a killed save never shows up as a step. ``read_only``:
     reads only (creates, saves and deletes nothing: what evaluating a run needs)."""
-    return ocp.CheckpointManager(
-        workdir / CHECKPOINTS,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=not read_only, read_only=read_only
-        ),
-        item_handlers=ocp.StandardCheckpointHandler(),
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=not read_only, read_only=read_only
     )
+    return _opened(workdir / CHECKPOINTS, options)
 
 
 def best_checkpoint_manager(
@@ -58,17 +55,29 @@ def best_checkpoint_manager(
     and orbax keeps only the best one (``mode`` "max" or "min"; orbax's best-checkpoint
     support), so ``best_step()`` survives restarts with the checkpoint itself. ``read_only``:
     as for `checkpoint_manager`."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        best_fn=lambda metrics: metrics[metric],
+        best_mode=mode,
+        keep_checkpoints_without_metrics=False,
+        create=not read_only,
+        read_only=read_only,
+    )
+    return _opened(workdir / BEST_CHECKPOINT, options)
+
+
+def _opened(directory: epath.Path, options) -> ocp.CheckpointManager:
+    """A manager of ``directory``. Opening lists the steps, which fails when a run deletes
+    one meanwhile (a reader beside a run that keeps its newest checkpoints): retried."""
+    for _ in range(RESTORE_ATTEMPTS):
+        try:
+            return ocp.CheckpointManager(
+                directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+            )
+        except FileNotFoundError:
+            continue
     return ocp.CheckpointManager(
-        workdir / BEST_CHECKPOINT,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1,
-            best_fn=lambda metrics: metrics[metric],
-            best_mode=mode,
-            keep_checkpoints_without_metrics=False,
-            create=not read_only,
-            read_only=read_only,
-        ),
-        item_handlers=ocp.StandardCheckpointHandler(),
+        directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
     )
 
 
